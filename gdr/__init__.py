@@ -1,0 +1,3 @@
+"""gdr: guided diffusion reconstruction of audio with AudioLDM2."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,189 @@
+"""Audio in and out, and AudioLDM2's exact log-mel front end.
+
+The front end follows the original AudioLDM2 code (haoheliu/AudioLDM2,
+``audioldm2/utilities/audio/{tools,stft}.py``; see ``shared/docs/audioldm2-frontend.md``):
+
+* mono = channel 0 (``mono="first"``, the default, as AudioLDM2 does) or the channel mean;
+* resampling to 16 kHz with ``torchaudio.functional.resample`` (windowed sinc, its defaults);
+* loudness: remove the mean, scale the peak to 0.5, then once more ``0.5 * x / max|x|``;
+* STFT: periodic Hann window of 1024, hop 160, reflect padding of 512 on both sides, magnitude;
+* Slaney mel filterbank, 64 bins, 0-8 kHz, Slaney area normalisation;
+* natural log of ``clamp(mel, 1e-5)``; the centred STFT gives ``1 + N // 160`` frames, the first
+  ``N // 160`` are kept (163 840 samples -> 1024 frames).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from gdr.atomic import atomic_path
+from gdr.errors import (
+    AudioFileNotFoundError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+    SilentAudioError,
+    TooShortAudioError,
+    UnreadableAudioError,
+)
+
+SAMPLE_RATE = 16_000
+N_FFT = 1024
+HOP_LENGTH = 160
+N_MELS = 64
+F_MAX = 8_000.0
+LOG_FLOOR = 1e-5
+PEAK = 0.5
+# One analysis window: anything shorter has no meaningful STFT frame (and reflect padding fails).
+MIN_SAMPLES = N_FFT
+# -100 dBFS: below this the file is treated as digital silence; normalising it would only
+# amplify dither or rounding noise by > 90 dB.
+SILENCE_PEAK = 1e-5
+
+MonoMode = Literal["first", "mean"]
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can decode. Returns ``(samples (N, C) float32, sample_rate)``."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioFileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise UnreadableAudioError(f"{path}: is a folder, not an audio file")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableAudioError(f"{path}: not readable as audio ({reason})") from None
+    return data, int(sr)
+
+
+def prepare_waveform(
+    samples: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    mono: MonoMode = "first",
+    name: str = "audio",
+) -> torch.Tensor:
+    """Turn raw samples into AudioLDM2's input: 16 kHz mono float32, mean 0, peak 0.5.
+
+    Args:
+        samples: ``(N,)`` or ``(N, C)`` samples (soundfile layout), any sample rate.
+        sample_rate: rate of `samples` in Hz.
+        mono: ``"first"`` keeps channel 0 (AudioLDM2's choice), ``"mean"`` averages channels.
+        name: used in error messages (usually the file path).
+
+    Returns:
+        ``(N',)`` float32 waveform at 16 kHz.
+    """
+    x = torch.as_tensor(np.asarray(samples), dtype=torch.float32)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise UnreadableAudioError(f"{name}: expected (samples, channels), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise EmptyAudioError(f"{name}: the audio is empty (0 samples)")
+    if not torch.isfinite(x).all():
+        raise NonFiniteAudioError(f"{name}: the audio contains NaN or Inf samples")
+    if sample_rate <= 0:
+        raise UnreadableAudioError(f"{name}: invalid sample rate {sample_rate}")
+    x = x[:, 0] if mono == "first" else x.mean(dim=1)
+    if sample_rate != SAMPLE_RATE:
+        x = torchaudio.functional.resample(x, orig_freq=sample_rate, new_freq=SAMPLE_RATE)
+    if x.numel() < MIN_SAMPLES:
+        raise TooShortAudioError(
+            f"{name}: {x.numel()} samples at 16 kHz is shorter than one frame ({MIN_SAMPLES} samples, 64 ms)"
+        )
+    if (x - x.mean()).abs().max() < SILENCE_PEAK:
+        raise SilentAudioError(f"{name}: the audio is silent (peak below -100 dBFS)")
+    return normalize_loudness(x)
+
+
+def normalize_loudness(x: torch.Tensor) -> torch.Tensor:
+    """AudioLDM2's ``normalize_wav`` plus its second peak scaling. ``x``: ``(..., N)``; same shape.
+
+    The second pass is a no-op up to the first pass's 1e-8 epsilon; it is kept so the result is
+    bit-for-bit the original recipe.
+    """
+    x = x - x.mean(dim=-1, keepdim=True)
+    x = PEAK * x / (x.abs().amax(dim=-1, keepdim=True) + 1e-8)
+    return PEAK * x / x.abs().amax(dim=-1, keepdim=True)
+
+
+def load_audio(path: str | os.PathLike, *, mono: MonoMode = "first") -> torch.Tensor:
+    """Load, check and normalise one audio file. Returns ``(N,)`` float32 at 16 kHz (peak 0.5)."""
+    data, sr = read_audio(path)
+    return prepare_waveform(data, sr, mono=mono, name=str(path))
+
+
+def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono ``(N,)`` waveform as a 32-bit float wav, atomically."""
+    data = np.asarray(torch.as_tensor(waveform).detach().float().cpu()).reshape(-1)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, format="WAV", subtype="FLOAT")
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_filterbank_f64() -> torch.Tensor:
+    # torchaudio builds its frequency grids in the default dtype; in float32 the weights are off
+    # by ~1e-7 relative, which shows as 5e-6 in float64 log-mels. Build them once in float64.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        # (n_freqs, n_mels); Slaney scale + Slaney norm == librosa.filters.mel defaults.
+        return torchaudio.functional.melscale_fbanks(
+            n_freqs=N_FFT // 2 + 1, f_min=0.0, f_max=F_MAX, n_mels=N_MELS, sample_rate=SAMPLE_RATE,
+            norm="slaney", mel_scale="slaney",
+        )
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filterbank(dtype: torch.dtype, device: str) -> torch.Tensor:
+    return _mel_filterbank_f64().to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device)
+
+
+def num_frames(num_samples: int) -> int:
+    """Mel frames AudioLDM2 keeps for `num_samples` samples: ``num_samples // 160``."""
+    return num_samples // HOP_LENGTH
+
+
+def log_mel(waveform: torch.Tensor) -> torch.Tensor:
+    """AudioLDM2's log-mel spectrogram.
+
+    Args:
+        waveform: ``(B, N)`` float32 (or float64) at 16 kHz, ``N >= 513`` (reflect padding).
+
+    Returns:
+        ``(B, 1, N // 160, 64)`` natural-log mel magnitudes, floor ``ln(1e-5) = -11.5129``, in
+        the dtype of `waveform`. Differentiable.
+    """
+    if waveform.ndim != 2:
+        raise ValueError(f"log_mel expects (B, N), got shape {tuple(waveform.shape)}")
+    device = str(waveform.device)
+    spec = torch.stft(
+        waveform,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        win_length=N_FFT,
+        window=_window(waveform.dtype, device),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    ).abs()  # (B, 513, 1 + N // 160)
+    mel = torch.einsum("bft,fm->btm", spec, _mel_filterbank(waveform.dtype, device))  # (B, frames, 64)
+    mel = mel[:, : num_frames(waveform.shape[-1])]
+    return torch.log(torch.clamp(mel, min=LOG_FLOOR)).unsqueeze(1)

@@ -1,0 +1,22 @@
+"""Shared entry-point behaviour: user errors become one ``error: ...`` line on stderr and exit status 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from gdr.errors import GdrError
+
+
+def main_guard(main: Callable[[], int]) -> int:
+    """Run `main`; a `GdrError` prints one line and returns 1, Ctrl-C returns 130. Bugs still raise."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return main()
+    except GdrError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
