@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -72,13 +72,81 @@ class ChunkConfig:
             raise ConfigError(f"chunk.batch_size must be >= 1, got {self.batch_size}")
 
 
+@dataclass
+class DegradationConfig:
+    """The operator ``y = A(x) (+ n)`` applied to every clip, by registry name, with its parameters.
+
+    ``params`` e.g. ``{cutoff_hz: 4000}`` (lowpass), ``{snr_db: 10, color: pink}`` (noise),
+    ``{level: 0.1}`` (clip), ``{length_ms: 100, count: 3}`` (gaps), ``{ops: [...]}`` (compose).
+    ``seed`` fixes the noise realisation per clip (independent of the sampler seeds).
+    """
+
+    name: str = "identity"
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class GuidanceConfig:
+    """The guidance method by registry name, its strength schedule and method parameters.
+
+    Strength: ``constant`` uses ``scale`` at every step; ``linear`` / ``cosine`` ramp from
+    ``start_scale`` (default 0) at the noisiest step to ``scale`` at the last.
+    ``params`` are the method's own options, e.g. ``{strength: 0.5}`` (sdedit), ``{lam: 1, zeta: 0.3}``
+    (diffpir), ``{loss: norm, every: 2}`` (dps, mpgd), ``{start: target}`` (latent_pull).
+    """
+
+    name: str = "dps"
+    scale: float = 1.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    start_scale: Optional[float] = None
+    params: dict = field(default_factory=dict)
+
+    def schedule_spec(self) -> dict:
+        if self.schedule == "constant":
+            return {"name": "constant", "scale": self.scale}
+        return {"name": self.schedule, "start": self.start_scale or 0.0, "end": self.scale}
+
+
+@dataclass
+class SamplerConfig:
+    """The reverse process. ``domain``: where data consistency is measured (``mel`` or ``waveform``).
+
+    ``seeds``: how many independent samples per clip (seeds 0 .. seeds-1).
+    """
+
+    steps: int = 50
+    eta: float = 0.0
+    scheduler: Literal["ddim", "ddpm"] = "ddim"
+    domain: Literal["mel", "waveform"] = "mel"
+    return_denoised: bool = True
+    seeds: int = 1
+
+    def __post_init__(self):
+        if self.steps < 1 or self.steps > 1000:
+            raise ConfigError(f"sampler.steps must be in [1, 1000], got {self.steps}")
+        if not 0 <= self.eta <= 1:
+            raise ConfigError(f"sampler.eta must be in [0, 1], got {self.eta}")
+        if self.seeds < 1:
+            raise ConfigError(f"sampler.seeds must be >= 1, got {self.seeds}")
+
+
 def build_parser() -> ArgumentParser:
+    from gdr.degradations import DEGRADATIONS
+    from gdr.guidance import GUIDANCE
+
+    epilog = (f"guidance methods (--guidance.name): {', '.join(GUIDANCE)}\n"
+              f"degradations (--degradation.name): {', '.join(DEGRADATIONS)}\n"
+              "method and degradation parameters: --guidance.params '{lam: 1}' --degradation.params '{cutoff_hz: 4000}'")
     parser = ArgumentParser(prog="evaluate.py", exit_on_error=False, description=__doc__.splitlines()[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (configs/*.yaml)")
     parser.add_argument("--model", type=ModelConfig, default=ModelConfig())
     parser.add_argument("--data", type=DataConfig, default=DataConfig())
     parser.add_argument("--chunk", type=ChunkConfig, default=ChunkConfig())
+    parser.add_argument("--degradation", type=DegradationConfig, default=DegradationConfig())
+    parser.add_argument("--guidance", type=GuidanceConfig, default=GuidanceConfig())
+    parser.add_argument("--sampler", type=SamplerConfig, default=SamplerConfig())
     parser.add_argument("--output_dir", type=str, default="outputs/evaluate", help="where results are written")
     parser.add_argument("--progress", type=bool, default=True, help="show progress bars")
     return parser

@@ -90,11 +90,11 @@ def demo_clips(seconds: float = 6.0, seed: int = 0) -> list[Clip]:
     k = math.log(f1 / f0) / max(seconds, 1e-3)
     chirp = np.sin(2 * np.pi * f0 * (np.exp(k * t) - 1) / k)
 
-    bursts = np.zeros(n)
+    bursts = 1e-4 * rng.standard_normal(n)  # a -80 dB noise floor, as real recordings have
     for start in np.arange(0.1, seconds, 0.7):
         i, m = int(start * SAMPLE_RATE), int(0.3 * SAMPLE_RATE)
         seg = rng.standard_normal(min(m, n - i))
-        bursts[i:i + len(seg)] = np.convolve(seg, np.ones(4) / 4, mode="same") * np.hanning(len(seg))
+        bursts[i:i + len(seg)] += np.convolve(seg, np.ones(4) / 4, mode="same") * np.hanning(len(seg))
 
     signals = {"tone_vibrato": tone, "drums": drums, "chirp": chirp, "noise_bursts": bursts}
     return [Clip(name, prepare_waveform(sig.astype(np.float32), SAMPLE_RATE, name=f"demo:{name}"), f"demo:{name}")

@@ -5,7 +5,13 @@ Layout written (every file atomically):
     output_dir/
       config.yaml                 resolved config
       metrics.csv                 one row per clip x method (x seed)
-      clips/<clip>/<method>.wav   16 kHz mono reconstructions (and input.wav, the normalised input)
+      clips/<clip>/input.wav      the clean reference x (normalised 16 kHz input)
+      clips/<clip>/degraded.wav   the measurement y = A(x) + n
+      clips/<clip>/<baseline>.wav vocoder_roundtrip, vae_roundtrip (of y), oracle_vae_roundtrip (of x)
+      clips/<clip>/<method>_seed<k>.wav   the guided reconstruction for each seed
+
+Every row of metrics.csv scores an output against the clean x. ``oracle_vae_roundtrip`` is a ceiling
+computed from x itself; it is never an input to a method.
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
 from gdr.chunking import process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
+from gdr.degradations import Degradation, build_degradation
+from gdr.guidance import build_guidance
 from gdr.metrics import PER_ITEM
+from gdr.module import GuidedReconstructor, seed_for
+from gdr.schedules import build_schedule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -105,19 +115,28 @@ class Evaluator:
         self.batch_size = chunk_cfg.batch_size
         self.progress = progress
 
+    def timed(self, work: Callable[[], torch.Tensor]) -> tuple:
+        """Run `work`; returns ``(its result, wall seconds, peak memory MiB)``."""
+        device = self.model.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        out = work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start, peak_memory_mb(device)
+
     def run_chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, desc: str) -> tuple:
         """Apply `fn` ``(K, n) -> (K, n)`` to the chunks of ``y`` ``(N,)``; returns ``(waveform, wall_s, peak_mb)``."""
         device = self.model.device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
 
         def on_device(chunks: torch.Tensor) -> torch.Tensor:  # (K, 1, n)
             return fn(chunks[:, 0].to(device))[:, None].float().cpu()
 
-        out = process_in_chunks(y[None], on_device, chunk=self.chunk, overlap=self.overlap,
-                                batch_size=self.batch_size, progress=self.progress, desc=desc)[0]
-        return out, time.perf_counter() - start, peak_memory_mb(device)
+        return self.timed(lambda: process_in_chunks(y[None], on_device, chunk=self.chunk, overlap=self.overlap,
+                                                    batch_size=self.batch_size, progress=self.progress,
+                                                    desc=desc)[0])
 
     def baseline(self, name: str, clip: Clip, y: torch.Tensor) -> Result:
         fn = BASELINES.get_factory(name)
@@ -125,20 +144,62 @@ class Evaluator:
         return Result(clip.name, name, out, wall, peak)
 
 
+def build_recipe(objects) -> tuple:
+    """Degradation, guidance and schedule from the config; unknown names and bad values fail here."""
+    degradation = build_degradation({"name": objects.degradation.name, **objects.degradation.params})
+    guidance = build_guidance(objects.guidance.name, objects.guidance.params)
+    schedule = build_schedule(objects.guidance.schedule_spec())
+    return degradation, guidance, schedule
+
+
+def measure(degradation: Degradation, clip: Clip, seed: int) -> torch.Tensor:
+    """The clip's measurement ``y = A(x) + n`` ``(N,)``; the noise depends only on (clip, seed)."""
+    generator = torch.Generator().manual_seed(seed_for("degradation", clip.name, seed))
+    return degradation.measure(clip.waveform[None], generator)[0]
+
+
 def run(cfg, objects, parser) -> Path:
-    """The whole evaluation; returns the output folder. Nothing is written before inputs and model load."""
+    """The whole evaluation; returns the output folder.
+
+    Order matters for users: config, recipe, clips (and their fit to the degradation) and the model
+    are all checked before the first file is written.
+    """
+    degradation, guidance, schedule = build_recipe(objects)
     clips = load_clips(objects.data)
+    for clip in clips:
+        degradation.sample_support(clip.waveform.numel())  # e.g. gaps that do not fit raise here
     model = load_model(objects.model)
-    out_dir = Path(objects.output_dir)
+    sampler = objects.sampler
     evaluator = Evaluator(model, objects.chunk, progress=objects.progress)
+    module = GuidedReconstructor(
+        model, degradation, guidance, schedule, steps=sampler.steps, eta=sampler.eta, scheduler=sampler.scheduler,
+        domain=sampler.domain, return_denoised=sampler.return_denoised, chunk_samples=evaluator.chunk,
+        overlap_samples=evaluator.overlap, chunk_batch=evaluator.batch_size)
+    out_dir = Path(objects.output_dir)
+    method = objects.guidance.name
     rows = []
-    for clip in tqdm(clips, desc="clips", disable=not objects.progress):
-        clip_dir = out_dir / "clips" / clip.name
-        write_wav(clip_dir / "input.wav", clip.waveform)
-        for name in ("vocoder_roundtrip", "vae_roundtrip"):
-            result = evaluator.baseline(name, clip, clip.waveform)
-            write_wav(clip_dir / f"{name}.wav", result.waveform)
-            rows.append(score(result, clip.waveform))
+    total = len(clips) * (4 + sampler.seeds)
+    with tqdm(total=total, desc="reconstructions", disable=not objects.progress) as bar:
+        for clip in clips:
+            clip_dir = out_dir / "clips" / clip.name
+            y = measure(degradation, clip, objects.degradation.seed)
+            write_wav(clip_dir / "input.wav", clip.waveform)
+            results = [evaluator.baseline(name, clip, y) for name in ("degraded", "vocoder_roundtrip", "vae_roundtrip")]
+            oracle = evaluator.baseline("vae_roundtrip", clip, clip.waveform)
+            oracle.method = "oracle_vae_roundtrip"
+            results.append(oracle)
+            bar.update(4)
+            for seed in range(sampler.seeds):
+                out, wall, peak = evaluator.timed(lambda: module.reconstruct_clip(y, seed_for(clip.name, seed)))
+                results.append(Result(clip.name, method, out, wall, peak, seed=seed))
+                bar.update(1)
+            for result in results:
+                name = result.method if result.seed is None else f"{result.method}_seed{result.seed}"
+                write_wav(clip_dir / f"{name}.wav", result.waveform)
+                row = score(result, clip.waveform)
+                row.update(degradation=degradation.describe(), guidance=method, scale=objects.guidance.scale,
+                           schedule=objects.guidance.schedule, steps=sampler.steps)
+                rows.append(row)
     write_csv(out_dir / "metrics.csv", rows)
     write_text(out_dir / "config.yaml", parser.dump(cfg, skip_none=False))
     return out_dir

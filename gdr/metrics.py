@@ -7,7 +7,9 @@ Definitions (``shared/docs/methods.md`` §4):
 * ``lsd``: log-spectral distance as in the ssr_eval toolkit (NVSR/AudioSR papers):
   ``S = |STFT(x)|``, ``S_hat = |STFT(x_hat)|`` with ``n_fft = int(2048 sr / 44100)`` (743 at
   16 kHz), hop ``sr / 100``, Hann window, centred (reflect) frames;
-  ``LSD = mean_t sqrt(mean_f (log10(S^2 / (S_hat + 1e-12)^2 + 1e-12))^2)``. ``lsd_high``
+  ``LSD = mean_t sqrt(mean_f (log10((S + 1e-12)^2 / (S_hat + 1e-12)^2))^2)``. The toolkit writes
+  ``log10(S^2 / (S_hat + eps)^2 + eps)``, which scores two identical digitally silent frames as 12;
+  gdr puts the epsilon on both sides, identical elsewhere (where S >> 1e-12). ``lsd_high``
   restricts the mean over f to bins at or above ``cutoff_hz`` (default 4 kHz).
 * ``mrstft``: multi-resolution STFT distance (Parallel WaveGAN / auraloss defaults): mean over
   (1024, 120, 600), (2048, 240, 1200), (512, 50, 240) of spectral convergence + mean |log S - log S_hat|.
@@ -51,7 +53,7 @@ def lsd(pred: torch.Tensor, target: torch.Tensor, *, sample_rate: int = SAMPLE_R
     s, s_hat = _magnitude(target, n_fft, hop, n_fft), _magnitude(pred, n_fft, hop, n_fft)  # (B, F, T)
     freqs = torch.arange(s.shape[1], device=s.device) * sample_rate / n_fft
     keep = freqs >= min_hz
-    log_ratio = torch.log10(s[:, keep] ** 2 / (s_hat[:, keep] + LSD_EPS) ** 2 + LSD_EPS)
+    log_ratio = 2 * torch.log10((s[:, keep] + LSD_EPS) / (s_hat[:, keep] + LSD_EPS))
     return torch.sqrt((log_ratio**2).mean(dim=1)).mean(dim=1)
 
 

@@ -1,0 +1,326 @@
+"""Guidance methods behind one interface, registered by name.
+
+The sampler (`gdr.sampler.sample`) asks a method two things:
+
+* ``start(ctx) -> (z, first)``: the latent to start from and the index of the first timestep to run
+  (pure noise and 0 by default; SDEdit starts part-way; decoder inversion runs no diffusion at all);
+* ``forward(step, ctx, scale) -> z_prev``: given one scheduler step (``z_t``, ``eps``, ``z0_hat``,
+  ``z_prev``), return the corrected ``z_prev``. ``scale`` is this step's strength from the schedule.
+
+DDIM facts used by the x0-correcting methods (latent_pull, mpgd): the DDIM update is
+``z_prev = sqrt(a_prev) z0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma xi``, so replacing ``z0_hat`` by
+``z0'`` while keeping the model's ``eps`` and the drawn noise is ``z_prev + sqrt(a_prev) (z0' - z0_hat)``.
+On the last step the sampler passes ``a_prev = 1`` and ``z_prev = z0_hat`` (it returns the denoised
+estimate), so the same formulas give the final output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from gdr.errors import ConfigError
+from gdr.measurement import Measurement
+from gdr.registry import Registry
+
+GUIDANCE = Registry("guidance method")
+
+
+@dataclass
+class Step:
+    """One scheduler step as seen by a guidance method. Latents are ``(B, C, L, F)``.
+
+    ``alpha_t`` / ``alpha_prev`` are the cumulative alphas (``a_bar``) at ``t`` and at the step's target.
+    ``z_t`` requires grad (and ``eps``, ``z0_hat`` carry the graph) only when the method asked for it.
+    """
+
+    i: int
+    n: int
+    t: torch.Tensor
+    z_t: torch.Tensor
+    eps: torch.Tensor
+    z0_hat: torch.Tensor
+    z_prev: torch.Tensor
+    alpha_t: float
+    alpha_prev: float
+
+
+@dataclass
+class Context:
+    """What stays fixed during one sampling run."""
+
+    measurement: Measurement
+    scheduler: object
+    timesteps: torch.Tensor
+    generator: torch.Generator | None
+
+    def noise_like(self, z: torch.Tensor) -> torch.Tensor:
+        return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+
+    def alpha_bar(self, index: int) -> float:
+        """``a_bar`` at ``timesteps[index]``; past the end, the scheduler's final alpha."""
+        if index >= len(self.timesteps):
+            return float(getattr(self.scheduler, "final_alpha_cumprod", torch.tensor(1.0)))
+        return float(self.scheduler.alphas_cumprod[int(self.timesteps[index])])
+
+
+def _item_loss(r: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-item data loss of residual ``r`` ``(B, ...)``: ``|r|`` (DPS code) or ``|r|^2``. Summed over items."""
+    sq = r.flatten(1).pow(2).sum(dim=1)
+    return (sq.sqrt() if kind == "norm" else sq).sum()
+
+
+def _has_latent_mask(degradation) -> bool:
+    return degradation.mel_mask(8, 8 * 160) is not None
+
+
+def _require_ddim(scheduler, method: str) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(scheduler, DDIMScheduler):
+        raise ConfigError(f"{method} edits z0_hat inside a DDIM update and needs the ddim scheduler, "
+                          f"got {type(scheduler).__name__}")
+
+
+class Guidance(nn.Module):
+    """Base class, and the unguided sampler (``none``)."""
+
+    def validate(self, degradation, scheduler) -> None:
+        """Raise `ConfigError` before any work if this method cannot run with `degradation` / `scheduler`."""
+
+    def wants_unet_grad(self, i: int, n: int) -> bool:
+        """Whether step `i` needs gradients through the UNet (only DPS does)."""
+        return False
+
+    def start(self, ctx: Context) -> tuple[torch.Tensor, int]:
+        """Pure noise at the first timestep (``randn * init_noise_sigma``, as diffusers' pipelines do)."""
+        z_y = ctx.measurement.z_y
+        return ctx.noise_like(z_y) * ctx.scheduler.init_noise_sigma, 0
+
+    def forward(self, step: Step, ctx: Context, scale: float) -> torch.Tensor:
+        return step.z_prev
+
+    @staticmethod
+    def replace_x0(step: Step, z0_new: torch.Tensor) -> torch.Tensor:
+        """The DDIM ``z_prev`` had ``z0_hat`` been `z0_new` (same eps, same noise)."""
+        return step.z_prev + math.sqrt(step.alpha_prev) * (z0_new - step.z0_hat)
+
+
+GUIDANCE.register("none")(Guidance)
+
+
+class _EveryK(Guidance):
+    """Methods with a decoder gradient may apply their data step only every `every`-th step (always the last)."""
+
+    def __init__(self, every: int = 1):
+        super().__init__()
+        if not isinstance(every, int) or every < 1:
+            raise ConfigError(f"guidance.every must be an integer >= 1, got {every!r}")
+        self.every = every
+
+    def active(self, i: int, n: int) -> bool:
+        return (n - 1 - i) % self.every == 0
+
+
+@GUIDANCE.register("latent_pull")
+class LatentPull(Guidance):
+    """The seed's rule: ``z0_hat <- z0_hat + s (z_y - z0_hat)`` with ``z_y = E(M(y))``, then the DDIM step.
+
+    Equals DiffPIR's proximal step with ``A = I`` in latent space (``s = 1 / (1 + rho)``), so it pulls
+    toward the degraded latent, degradation included. ``start="target"`` is the seed's start: ``z_y``
+    noised to the first timestep; ``"noise"`` starts from pure noise. ``masked=True`` pulls only latent
+    cells the degradation leaves reliable (the principled variant). With ``s = 1`` it returns ``z_y``.
+    """
+
+    def __init__(self, start: str = "target", masked: bool = False):
+        super().__init__()
+        if start not in ("target", "noise"):
+            raise ConfigError(f"latent_pull.start must be 'target' or 'noise', got {start!r}")
+        self.start_from, self.masked = start, masked
+
+    def validate(self, degradation, scheduler):
+        _require_ddim(scheduler, "latent_pull")
+        if self.masked and not _has_latent_mask(degradation):
+            raise ConfigError(f"latent_pull with masked=true needs a degradation with a latent mask, "
+                              f"not {degradation.describe()}")
+
+    def start(self, ctx):
+        if self.start_from == "noise":
+            return super().start(ctx)
+        z_y = ctx.measurement.z_y
+        return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[:1]), 0
+
+    def forward(self, step, ctx, scale):
+        pull = ctx.measurement.z_y - step.z0_hat
+        if self.masked:
+            pull = ctx.measurement.latent_mask * pull
+        return self.replace_x0(step, step.z0_hat + scale * pull)
+
+
+@GUIDANCE.register("sdedit")
+class SDEdit(Guidance):
+    """SDEdit (Meng et al., arXiv 2108.01073): noise ``z_y`` to ``strength`` of the schedule, then the plain
+    reverse process. ``strength = 0`` returns ``z_y``; ``1`` starts from (almost) pure noise."""
+
+    def __init__(self, strength: float = 0.5):
+        super().__init__()
+        if not (isinstance(strength, (int, float)) and 0 <= strength <= 1):
+            raise ConfigError(f"sdedit.strength must be in [0, 1], got {strength!r}")
+        self.strength = float(strength)
+
+    def start(self, ctx):
+        n = len(ctx.timesteps)
+        first = n - int(round(self.strength * n))
+        z_y = ctx.measurement.z_y
+        if first == n:
+            return z_y.clone(), n
+        return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[first:first + 1]), first
+
+
+@GUIDANCE.register("inpaint")
+class Inpaint(Guidance):
+    """Masked latent replacement (RePaint; AudioLDM's zero-shot inpainting / super-resolution):
+    ``z_prev <- z_prev + s m (q(z_y, t_prev) - z_prev)``, ``q`` the forward noising, ``m`` the
+    degradation's latent mask (reliable cells). ``s = 1`` is plain replacement."""
+
+    def validate(self, degradation, scheduler):
+        if not _has_latent_mask(degradation):
+            raise ConfigError(f"inpaint needs a degradation with a latent mask (identity, noise, lowpass, gaps), "
+                              f"not {degradation.describe()}")
+
+    def forward(self, step, ctx, scale):
+        z_y = ctx.measurement.z_y
+        known = math.sqrt(step.alpha_prev) * z_y + math.sqrt(1 - step.alpha_prev) * ctx.noise_like(z_y)
+        return step.z_prev + scale * ctx.measurement.latent_mask * (known - step.z_prev)
+
+
+@GUIDANCE.register("dps")
+class DPS(_EveryK):
+    """DPS (Chung et al., ICLR 2023, arXiv 2209.14687): ``z_prev <- z_prev - s grad_{z_t} L(z0_hat(z_t))``.
+
+    ``loss="norm"``: ``L = |A(G(z0_hat)) - y|`` as in the official code (the paper's step
+    ``zeta / |residual|`` on the squared norm, up to a factor 2); ``"squared"``: ``L = |.|^2`` (the
+    Gaussian-likelihood step). Backpropagates through the UNet and the decoder.
+    """
+
+    def __init__(self, loss: str = "norm", every: int = 1):
+        super().__init__(every)
+        if loss not in ("norm", "squared"):
+            raise ConfigError(f"dps.loss must be 'norm' or 'squared', got {loss!r}")
+        self.loss = loss
+
+    def wants_unet_grad(self, i, n):
+        return self.active(i, n)
+
+    def forward(self, step, ctx, scale):
+        if not self.active(step.i, step.n) or scale == 0:
+            return step.z_prev.detach()
+        loss = _item_loss(ctx.measurement.residual(step.z0_hat), self.loss)
+        (grad,) = torch.autograd.grad(loss, step.z_t)
+        return step.z_prev.detach() - scale * grad
+
+
+@GUIDANCE.register("mpgd")
+class MPGD(_EveryK):
+    """MPGD-Z (He et al., ICLR 2024, arXiv 2311.16424): a gradient step on ``z0_hat`` through the
+    decoder only, ``z0' = z0_hat - s grad_{z0} L``, then DDIM with ``z0'``. No UNet backprop."""
+
+    def __init__(self, loss: str = "norm", every: int = 1):
+        super().__init__(every)
+        if loss not in ("norm", "squared"):
+            raise ConfigError(f"mpgd.loss must be 'norm' or 'squared', got {loss!r}")
+        self.loss = loss
+
+    def validate(self, degradation, scheduler):
+        _require_ddim(scheduler, "mpgd")
+
+    def forward(self, step, ctx, scale):
+        if not self.active(step.i, step.n) or scale == 0:
+            return step.z_prev
+        with torch.enable_grad():
+            z0 = step.z0_hat.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(_item_loss(ctx.measurement.residual(z0), self.loss), z0)
+        return self.replace_x0(step, step.z0_hat - scale * grad)
+
+
+@GUIDANCE.register("diffpir")
+class DiffPIR(_EveryK):
+    """DiffPIR (Zhu et al., CVPRW 2023, arXiv 2305.08995).
+
+    Data step ``z0* = argmin_z s |A(G(z)) - y|^2 + rho_t |z - z0_hat|^2`` with
+    ``rho_t = lam sigma^2 / sigma_bar_t^2``, ``sigma_bar_t^2 = (1 - a_t) / a_t`` (closed form when the
+    measurement has one, else ``iters`` Adam steps through the decoder); then
+    ``eps_hat = (z_t - sqrt(a_t) z0*) / sqrt(1 - a_t)`` and
+    ``z_prev = sqrt(a_prev) z0* + sqrt(1 - a_prev) (sqrt(1 - zeta) eps_hat + sqrt(zeta) xi)``.
+    """
+
+    def __init__(self, lam: float = 1.0, sigma: float = 0.1, zeta: float = 0.3, iters: int = 5, lr: float = 0.05,
+                 every: int = 1):
+        super().__init__(every)
+        for name, v in (("lam", lam), ("sigma", sigma), ("lr", lr)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"diffpir.{name} must be a positive number, got {v!r}")
+        if not 0 <= zeta <= 1:
+            raise ConfigError(f"diffpir.zeta must be in [0, 1], got {zeta!r}")
+        if not isinstance(iters, int) or iters < 1:
+            raise ConfigError(f"diffpir.iters must be an integer >= 1, got {iters!r}")
+        self.lam, self.sigma, self.zeta, self.iters, self.lr = float(lam), float(sigma), float(zeta), iters, float(lr)
+
+    def data_step(self, z0_hat: torch.Tensor, measurement: Measurement, weight: float, rho: float) -> torch.Tensor:
+        closed = measurement.prox(z0_hat, weight, rho)
+        if closed is not None:
+            return closed
+        with torch.enable_grad():
+            z = z0_hat.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=self.lr)
+            for _ in range(self.iters):
+                opt.zero_grad()
+                loss = weight * _item_loss(measurement.residual(z), "squared") + rho * (z - z0_hat).pow(2).sum()
+                loss.backward()
+                opt.step()
+        return z.detach()
+
+    def forward(self, step, ctx, scale):
+        z0 = step.z0_hat
+        if self.active(step.i, step.n) and scale > 0:
+            rho = self.lam * self.sigma**2 * step.alpha_t / (1 - step.alpha_t)
+            z0 = self.data_step(step.z0_hat, ctx.measurement, scale, rho)
+        eps_hat = (step.z_t.detach() - math.sqrt(step.alpha_t) * z0) / math.sqrt(1 - step.alpha_t)
+        noise = math.sqrt(1 - self.zeta) * eps_hat + math.sqrt(self.zeta) * ctx.noise_like(z0)
+        return math.sqrt(step.alpha_prev) * z0 + math.sqrt(1 - step.alpha_prev) * noise
+
+
+@GUIDANCE.register("decoder_inversion")
+class DecoderInversion(Guidance):
+    """Not diffusion: optimise ``z`` directly, from ``z_y``, to minimise ``|A(G(z)) - y|^2`` with Adam.
+
+    The baseline every "the prior restores detail" claim must beat. ``iters=None`` uses one decoder
+    evaluation per sampling step (as many as a ``dps`` run with ``every=1``).
+    """
+
+    def __init__(self, iters: int | None = None, lr: float = 0.05):
+        super().__init__()
+        if iters is not None and (not isinstance(iters, int) or iters < 1):
+            raise ConfigError(f"decoder_inversion.iters must be an integer >= 1, got {iters!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"decoder_inversion.lr must be a positive number, got {lr!r}")
+        self.iters, self.lr = iters, float(lr)
+
+    def start(self, ctx):
+        n = len(ctx.timesteps)
+        with torch.enable_grad():
+            z = ctx.measurement.z_y.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=self.lr)
+            for _ in range(self.iters or n):
+                opt.zero_grad()
+                _item_loss(ctx.measurement.residual(z), "squared").backward()
+                opt.step()
+        return z.detach(), n
+
+
+def build_guidance(name: str, params: dict | None = None) -> Guidance:
+    return GUIDANCE.build(name, **(params or {}))

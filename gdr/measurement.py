@@ -1,0 +1,84 @@
+"""What guidance methods know about the measurement ``y``: a residual ``A(G(z)) - y`` and a target latent.
+
+* `DecoderMeasurement`: the real thing. ``G = V o D`` (VAE decoder, vocoder), ``A`` a degradation
+  operator. The residual lives in the **mel** domain (default: AudioLDM2's log-mel, where a
+  phase-free vocoder can be compared with the input) or the **waveform** domain. When the
+  operator is a mask on the mel grid (identity, noise, lowpass, gaps) the mel residual skips the
+  vocoder: ``mask * (D(z) - M(y))``; otherwise it is ``M(A(V(D(z)))) - M(y)``.
+* `LatentMeasurement`: ``y = mask * z + noise`` directly in latent space. Linear, with a
+  closed-form proximal step: the Gaussian oracle tests use it, and it is a cheap surrogate.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from gdr.audio import log_mel
+from gdr.backbone import AudioLDM2
+from gdr.degradations import Degradation
+
+
+class Measurement(abc.ABC):
+    """Interface. ``z_y``: ``(B, C, L, F)`` target latent; ``latent_mask``: broadcastable to it, or None."""
+
+    z_y: torch.Tensor
+    latent_mask: torch.Tensor | None = None
+
+    @abc.abstractmethod
+    def residual(self, z0: torch.Tensor) -> torch.Tensor:
+        """``A(G(z0)) - y`` (differentiable in `z0`), ``(B, ...)``."""
+
+    def prox(self, z0_hat: torch.Tensor, weight: float, rho: float) -> torch.Tensor | None:
+        """Closed form of ``argmin_z weight |residual(z)|^2 + rho |z - z0_hat|^2``, or None if there is none."""
+        return None
+
+
+class DecoderMeasurement(Measurement):
+    """Measurement through AudioLDM2's decoder (see the module docstring).
+
+    Args:
+        model: the backbone.
+        op: the degradation, already localised to this chunk.
+        y: ``(B, N)`` measured waveform, ``N`` a multiple of ``model.samples_multiple``.
+        domain: ``"mel"`` or ``"waveform"``.
+    """
+
+    def __init__(self, model: AudioLDM2, op: Degradation, y: torch.Tensor, domain: str = "mel"):
+        self.model, self.op, self.y, self.domain = model, op, y, domain
+        self.num_samples = y.shape[-1]
+        with torch.no_grad():
+            self.target_mel = log_mel(y)  # (B, 1, T, 64)
+            self.z_y = model.mel_to_latent(self.target_mel)  # (B, 8, T / 4, 16)
+        frames = self.target_mel.shape[2]
+        mel_mask = op.mel_mask(frames, self.num_samples)
+        self.mel_mask = None if mel_mask is None else mel_mask.to(y.device, y.dtype)
+        latent_mask = op.latent_mask(self.z_y.shape[2], self.num_samples, model.vae_scale)
+        self.latent_mask = None if latent_mask is None else latent_mask.to(y.device, self.z_y.dtype)
+
+    def residual(self, z0: torch.Tensor) -> torch.Tensor:
+        mel = self.model.latent_to_mel(z0)[:, :, : self.target_mel.shape[2]].to(self.y.dtype)
+        if self.domain == "mel" and self.mel_mask is not None:
+            return self.mel_mask * (mel - self.target_mel)
+        wave = self.op(self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype))
+        if self.domain == "mel":
+            return log_mel(wave) - self.target_mel
+        return wave - self.y
+
+
+class LatentMeasurement(Measurement):
+    """``y = mask * z + n`` in latent space. ``y``, ``mask``: broadcastable ``(B, C, L, F)``."""
+
+    def __init__(self, y: torch.Tensor, mask: torch.Tensor):
+        self.y, self.mask = y, mask.to(y.dtype)
+        self.z_y = y
+        self.latent_mask = self.mask
+
+    def residual(self, z0: torch.Tensor) -> torch.Tensor:
+        return self.mask * (z0 - self.y)
+
+    def prox(self, z0_hat, weight, rho):
+        # Per element: minimise weight m (z - y)^2 + rho (z - z0_hat)^2 (m in {0, 1} or any >= 0).
+        m = self.mask * weight
+        return (m * self.y + rho * z0_hat) / (m + rho)

@@ -1,0 +1,65 @@
+"""The guided sampling loop: AudioLDM2's denoising loop with one guidance call per step.
+
+Mirrors `AudioLDM2Pipeline.__call__` step 7 (with the null condition and no classifier-free
+guidance): the scheduler does the math and returns ``prev_sample`` and ``pred_original_sample``
+(``z0_hat``); the guidance method corrects the step. With guidance ``none``, the same generator and
+``return_denoised=False``, the latents equal the pipeline's ``output_type="latent"`` result.
+
+``return_denoised=True`` (default) returns the last step's ``z0_hat``: AudioLDM2's DDIM config has
+``set_alpha_to_one=False``, so its last ``prev_sample`` still carries noise of std
+``sqrt(1 - a_bar_0) = 0.039``; the sampler instead treats the last step as landing on ``a_bar = 1``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from tqdm.auto import tqdm
+
+from gdr.guidance import Context, Guidance, Step
+from gdr.measurement import Measurement
+from gdr.schedules import Schedule
+
+
+def sample(
+    eps_model,
+    scheduler,
+    guidance: Guidance,
+    schedule: Schedule,
+    measurement: Measurement,
+    *,
+    steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    return_denoised: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the guided reverse process; returns the final latent, shaped like ``measurement.z_y``.
+
+    Args:
+        eps_model: callable ``(z_t (B, C, L, F), t) -> eps`` (e.g. `AudioLDM2.eps`).
+        scheduler: a diffusers scheduler with ``set_timesteps`` / ``step`` (DDIM by default).
+        guidance, schedule: the method and its per-step strength.
+        measurement: residual and target latent of this batch.
+        steps: number of inference steps; eta: DDIM eta (ignored by schedulers without one).
+        generator: the only source of randomness (initial noise, eta noise, method noise).
+    """
+    scheduler.set_timesteps(steps, device=measurement.z_y.device)
+    ctx = Context(measurement, scheduler, scheduler.timesteps, generator)
+    step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator))
+                   if k in inspect.signature(scheduler.step).parameters}
+    z, first = guidance.start(ctx)
+    n = len(ctx.timesteps)
+    for i in tqdm(range(first, n), desc="denoising", disable=not progress, leave=False):
+        t = ctx.timesteps[i]
+        with torch.set_grad_enabled(guidance.wants_unet_grad(i, n)):
+            z_t = z.detach().requires_grad_(torch.is_grad_enabled())
+            eps = eps_model(z_t, t)
+            out = scheduler.step(eps, t, z_t, **step_kwargs)
+            z0_hat = out.pred_original_sample
+            last = return_denoised and i == n - 1
+            step = Step(i, n, t, z_t, eps, z0_hat, z0_hat if last else out.prev_sample,
+                        ctx.alpha_bar(i), 1.0 if last else ctx.alpha_bar(i + 1))
+            z = guidance(step, ctx, schedule(i, n)).detach()
+    return z

@@ -1,0 +1,102 @@
+"""Guidance strength per sampling step, registered by name.
+
+A schedule maps the step index ``i`` of ``n`` (0 = the noisiest step) to a strength. Methods read
+it as their step size (dps, mpgd), pull weight (latent_pull), blend (inpaint) or data weight (diffpir).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gdr.errors import ConfigError
+from gdr.registry import Registry
+
+SCHEDULES = Registry("schedule")
+
+
+class Schedule(nn.Module):
+    """Base class; subclasses implement ``forward(i, n) -> float``."""
+
+    def values(self, n: int) -> list[float]:
+        return [float(self(i, n)) for i in range(n)]
+
+
+def _check(name: str, *values: float) -> None:
+    for v in values:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"schedule {name!r}: strengths must be finite and >= 0, got {v!r}")
+
+
+@SCHEDULES.register("constant")
+class Constant(Schedule):
+    """``scale`` at every step."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        _check("constant", scale)
+        self.scale = float(scale)
+
+    def forward(self, i: int, n: int) -> float:
+        return self.scale
+
+
+@SCHEDULES.register("linear")
+class Linear(Schedule):
+    """From ``start`` at the first (noisiest) step to ``end`` at the last."""
+
+    def __init__(self, start: float = 0.0, end: float = 1.0):
+        super().__init__()
+        _check("linear", start, end)
+        self.start, self.end = float(start), float(end)
+
+    def forward(self, i: int, n: int) -> float:
+        frac = i / max(n - 1, 1)
+        return self.start + (self.end - self.start) * frac
+
+
+@SCHEDULES.register("cosine")
+class Cosine(Schedule):
+    """Half-cosine ramp from ``start`` to ``end``: slow at both ends."""
+
+    def __init__(self, start: float = 0.0, end: float = 1.0):
+        super().__init__()
+        _check("cosine", start, end)
+        self.start, self.end = float(start), float(end)
+
+    def forward(self, i: int, n: int) -> float:
+        frac = i / max(n - 1, 1)
+        return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+@SCHEDULES.register("table")
+class Table(Schedule):
+    """Explicit per-step values (``values``), linearly interpolated when ``n`` differs from their count."""
+
+    def __init__(self, values: list[float] | torch.Tensor):
+        super().__init__()
+        values = torch.as_tensor(values, dtype=torch.float32).flatten()
+        if values.numel() == 0:
+            raise ConfigError("schedule 'table' needs at least one value")
+        _check("table", *values.tolist())
+        self.register_buffer("table", values)
+
+    def forward(self, i: int, n: int) -> float:
+        if self.table.numel() == 1 or n == 1:
+            return float(self.table[0])
+        pos = i / (n - 1) * (self.table.numel() - 1)
+        lo = min(int(pos), self.table.numel() - 2)
+        w = pos - lo
+        return float((1 - w) * self.table[lo] + w * self.table[lo + 1])
+
+
+def build_schedule(spec: dict | str | float) -> Schedule:
+    """``0.5`` (constant), ``"cosine"`` or ``{"name": "linear", "start": 0, "end": 1}`` -> schedule."""
+    if isinstance(spec, (int, float)):
+        return Constant(float(spec))
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    spec = dict(spec)
+    return SCHEDULES.build(spec.pop("name", "constant"), **spec)
