@@ -52,6 +52,11 @@ class Degradation(nn.Module):
         """``(1, 1, frames, 64)`` reliability of the mel of ``A(x)`` (1 = equals the mel of x), or None."""
         return torch.ones(1, 1, frames, N_MELS)
 
+    @property
+    def has_mel_mask(self) -> bool:
+        """Whether `mel_mask` / `latent_mask` return masks (checkable before any clip is seen)."""
+        return True
+
     def latent_mask(self, latent_frames: int, num_samples: int, scale: int = 4) -> torch.Tensor | None:
         """``(1, 1, latent_frames, 64 // scale)``: a latent cell is reliable when all its mel cells are,
         dilated by one latent cell for the VAE's receptive field."""
@@ -127,8 +132,10 @@ class HardClip(Degradation):
     def forward(self, x):
         return x.clamp(-self.level, self.level)
 
+    has_mel_mask = False  # clipping spreads energy over all bands: no reliable mel cells
+
     def mel_mask(self, frames, num_samples):
-        return None  # clipping spreads energy over all bands: no reliable mel cells
+        return None
 
     def describe(self):
         return f"clip({self.level:g})"
@@ -259,6 +266,10 @@ class Compose(Degradation):
         nn.Module.__init__(local)
         local.ops = nn.ModuleList(op.localize(support) for op in self.ops)
         return local
+
+    @property
+    def has_mel_mask(self):
+        return all(op.has_mel_mask for op in self.ops)
 
     def mel_mask(self, frames, num_samples):
         masks = [op.mel_mask(frames, num_samples) for op in self.ops]

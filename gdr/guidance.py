@@ -74,10 +74,6 @@ def _item_loss(r: torch.Tensor, kind: str) -> torch.Tensor:
     return (sq.sqrt() if kind == "norm" else sq).sum()
 
 
-def _has_latent_mask(degradation) -> bool:
-    return degradation.mel_mask(8, 8 * 160) is not None
-
-
 def _require_ddim(scheduler, method: str) -> None:
     from diffusers import DDIMScheduler
 
@@ -144,7 +140,7 @@ class LatentPull(Guidance):
 
     def validate(self, degradation, scheduler):
         _require_ddim(scheduler, "latent_pull")
-        if self.masked and not _has_latent_mask(degradation):
+        if self.masked and not degradation.has_mel_mask:
             raise ConfigError(f"latent_pull with masked=true needs a degradation with a latent mask, "
                               f"not {degradation.describe()}")
 
@@ -188,7 +184,7 @@ class Inpaint(Guidance):
     degradation's latent mask (reliable cells). ``s = 1`` is plain replacement."""
 
     def validate(self, degradation, scheduler):
-        if not _has_latent_mask(degradation):
+        if not degradation.has_mel_mask:
             raise ConfigError(f"inpaint needs a degradation with a latent mask (identity, noise, lowpass, gaps), "
                               f"not {degradation.describe()}")
 
