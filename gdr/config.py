@@ -131,6 +131,48 @@ class SamplerConfig:
             raise ConfigError(f"sampler.seeds must be >= 1, got {self.seeds}")
 
 
+@dataclass
+class SweepConfig:
+    """A grid over recipes: dotted keys (``guidance.name``, ``guidance.scale``, ``degradation``,
+    ``sampler.steps``, ...) mapped to lists; the run covers their Cartesian product x clips x seeds.
+
+    skip_incompatible: drop (method, degradation) pairs that cannot run together (e.g. inpaint on
+    clipping) and list them in the report, instead of failing.
+    """
+
+    grid: dict = field(default_factory=dict)
+    skip_incompatible: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning `Trainer` settings for the run: ``devices: 2`` shards the grid over two processes/GPUs."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+
+    def __post_init__(self):
+        if self.devices < 1:
+            raise ConfigError(f"trainer.devices must be >= 1, got {self.devices}")
+
+
+@dataclass
+class ReportConfig:
+    """Statistics and report: paired bootstrap with ``bootstrap`` resamples at ``confidence``."""
+
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    embed_audio: bool = True
+    wandb_project: str = "gdr"
+
+    def __post_init__(self):
+        if self.bootstrap < 100:
+            raise ConfigError(f"report.bootstrap must be >= 100, got {self.bootstrap}")
+        if not 0.5 < self.confidence < 1:
+            raise ConfigError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+
+
 def build_parser() -> ArgumentParser:
     from gdr.degradations import DEGRADATIONS
     from gdr.guidance import GUIDANCE
@@ -147,6 +189,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--degradation", type=DegradationConfig, default=DegradationConfig())
     parser.add_argument("--guidance", type=GuidanceConfig, default=GuidanceConfig())
     parser.add_argument("--sampler", type=SamplerConfig, default=SamplerConfig())
+    parser.add_argument("--sweep", type=SweepConfig, default=SweepConfig())
+    parser.add_argument("--trainer", type=TrainerConfig, default=TrainerConfig())
+    parser.add_argument("--report", type=ReportConfig, default=ReportConfig())
+    parser.add_argument("--logger", type=bool, default=True,
+                        help="log to wandb (offline unless WANDB_MODE / wandb login say otherwise)")
     parser.add_argument("--output_dir", type=str, default="outputs/evaluate", help="where results are written")
     parser.add_argument("--progress", type=bool, default=True, help="show progress bars")
     return parser

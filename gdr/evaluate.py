@@ -1,32 +1,39 @@
-"""The evaluation run: clips -> model -> reconstructions -> metrics -> files under ``output_dir``.
+"""The evaluation: clips x recipes x seeds (a sweep; a plain run is a grid of one) -> items -> report.
 
-Layout written (every file atomically):
+Flow: config -> plan (clips, grid, items; everything validated before any work) -> model ->
+`Trainer.predict` over the pending items (one shard per rank) -> rank 0 collects every item's record,
+writes ``metrics.csv``, the statistics and the report, and logs to wandb.
 
-    output_dir/
-      config.yaml                 resolved config
-      metrics.csv                 one row per clip x method (x seed)
-      clips/<clip>/input.wav      the clean reference x (normalised 16 kHz input)
-      clips/<clip>/degraded.wav   the measurement y = A(x) + n
-      clips/<clip>/<baseline>.wav vocoder_roundtrip, vae_roundtrip (of y), oracle_vae_roundtrip (of x)
-      clips/<clip>/<method>_seed<k>.wav   the guided reconstruction for each seed
+Layout under ``output_dir`` (every file written atomically):
 
-Every row of metrics.csv scores an output against the clean x. ``oracle_vae_roundtrip`` is a ceiling
-computed from x itself; it is never an input to a method.
+    config.yaml                          resolved config
+    items/<key>.json                     one record per finished item (what makes runs resumable)
+    audio/<clip>/input.wav               the clean reference x
+    audio/<clip>/<task>/<method>.wav     degraded input, baselines, oracle, methods (``_seed<k>``)
+    metrics.csv                          one row per clip x task x method x seed, scored against x
+    report.md, report.html, plots/       see `gdr.report`
+
+A restarted run (same command) skips items whose record exists; records hold the item's metrics and
+timing, so the rebuilt metrics.csv equals that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import io
+import json
+import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+import lightning as L
 import torch
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
 from gdr.atomic import write_text
 from gdr.audio import SAMPLE_RATE, write_wav
@@ -35,12 +42,16 @@ from gdr.baselines import BASELINES
 from gdr.chunking import process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
+from gdr.errors import ConfigError
 from gdr.guidance import build_guidance
-from gdr.metrics import PER_ITEM
+from gdr.metrics import PER_ITEM, align
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.schedules import build_schedule
+from gdr.sweep import Item, expand_grid, recipe_label, task_label
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODEL_BASELINES = ("degraded", "vocoder_roundtrip", "vae_roundtrip")
+ORACLE = "oracle_vae_roundtrip"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,11 +67,11 @@ def load_clips(data) -> list[Clip]:
     return load_folder(data.root, mono=data.mono)
 
 
-def load_model(model_cfg) -> AudioLDM2:
+def load_model(model_cfg, device: torch.device | None = None) -> AudioLDM2:
     return AudioLDM2.from_pretrained(
         model_cfg.pretrained,
         dtype=DTYPES[model_cfg.dtype],
-        device=resolve_device(model_cfg.device),
+        device=device or resolve_device(model_cfg.device),
         null_condition=model_cfg.null_condition,
         cache_dir=model_cfg.cache_dir,
     )
@@ -74,24 +85,200 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text).strip("_")
+
+
+# ------------------------------------------------------------------------------------------ plan
 @dataclass
-class Result:
-    clip: str
-    method: str
-    waveform: torch.Tensor  # (N,) float32 at 16 kHz
-    wall_s: float
-    peak_mem_mb: float
-    seed: int | None = None
-    extra: dict = field(default_factory=dict)
+class Plan:
+    """Everything decided before any work: clips, recipes, items, skipped combinations."""
+
+    clips: dict[str, Clip]
+    clip_hashes: dict[str, str]
+    recipes: list[dict]
+    items: list[Item]
+    skipped: list[str]
+    random_weights: bool
 
 
-def score(result: Result, reference: torch.Tensor) -> dict:
-    """One metrics row: every `PER_ITEM` metric of `result` against `reference` ``(N,)``."""
-    row = {"clip": result.clip, "method": result.method, "seed": "" if result.seed is None else result.seed}
-    for name, fn in PER_ITEM.items():
-        row[name] = float(fn(result.waveform[None].double(), reference[None].double())[0])
-    row.update(wall_s=round(result.wall_s, 4), peak_mem_mb=round(result.peak_mem_mb, 1), **result.extra)
-    return row
+def _recipe_objects(recipe: dict) -> tuple:
+    degradation = build_degradation({"name": recipe["degradation"]["name"], **(recipe["degradation"]["params"] or {})})
+    guidance = build_guidance(recipe["guidance"]["name"], recipe["guidance"]["params"])
+    g = recipe["guidance"]
+    spec = {"name": "constant", "scale": g["scale"]} if g["schedule"] == "constant" else {
+        "name": g["schedule"], "start": g.get("start_scale") or 0.0, "end": g["scale"]}
+    return degradation, guidance, build_schedule(spec)
+
+
+def plan_evaluation(objects) -> Plan:
+    """Expand the grid and build every item; bad names, values and combinations raise `ConfigError` here."""
+    base = {
+        "degradation": dataclasses.asdict(objects.degradation),
+        "guidance": dataclasses.asdict(objects.guidance),
+        "sampler": {k: v for k, v in dataclasses.asdict(objects.sampler).items() if k != "seeds"},
+    }
+    recipes = expand_grid(base, objects.sweep.grid)
+    context = {"model": objects.model.pretrained, "dtype": objects.model.dtype,
+               "null_condition": objects.model.null_condition, "chunk": dataclasses.asdict(objects.chunk)}
+    kept, skipped = [], []
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    for recipe in recipes:
+        if not isinstance(recipe["sampler"]["steps"], int) or not 1 <= recipe["sampler"]["steps"] <= 1000:
+            raise ConfigError(f"sampler.steps must be an integer in [1, 1000], got {recipe['sampler']['steps']!r}")
+        degradation, guidance, _ = _recipe_objects(recipe)
+        scheduler = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[recipe["sampler"]["scheduler"]]()
+        try:
+            guidance.validate(degradation, scheduler)
+        except ConfigError as exc:
+            if not objects.sweep.skip_incompatible or len(recipes) == 1:
+                raise
+            skipped.append(f"{recipe_label(recipe)} on {task_label(recipe['degradation'])}: {exc}")
+            continue
+        recipe["context"] = context
+        kept.append(recipe)
+    if not kept:
+        raise ConfigError("the sweep grid is empty after removing incompatible combinations")
+
+    clips = {clip.name: clip for clip in load_clips(objects.data)}
+    hashes = {name: hash_bytes(clip.waveform)[:16] for name, clip in clips.items()}
+    tasks = {}
+    for recipe in kept:
+        tasks.setdefault(json.dumps(recipe["degradation"], sort_keys=True), recipe)
+    for clip in clips.values():  # clip-dependent checks (gaps that do not fit) before any work
+        for recipe in tasks.values():
+            _recipe_objects(recipe)[0].sample_support(clip.waveform.numel())
+
+    items: list[Item] = []
+    for name in clips:
+        for task_recipe in tasks.values():
+            task = task_label(task_recipe["degradation"])
+            degradation_name = task_recipe["degradation"]["name"]
+            baselines = [b for b in BASELINES if b not in MODEL_BASELINES and BASELINES[b].applies_to(degradation_name)]
+            for baseline in (*MODEL_BASELINES, ORACLE, *baselines):
+                items.append(Item("baseline", name, hashes[name], task, baseline, task_recipe))
+            if not any(r["guidance"]["name"] == "decoder_inversion" for r in kept
+                       if r["degradation"] == task_recipe["degradation"]):
+                inversion = copy.deepcopy(task_recipe)
+                inversion["guidance"] = {"name": "decoder_inversion", "scale": 1.0, "schedule": "constant",
+                                         "start_scale": None, "params": {}}
+                items.append(Item("method", name, hashes[name], task, recipe_label(inversion), inversion, seed=0))
+        for recipe in kept:
+            task = task_label(recipe["degradation"])
+            seeds = [0] if recipe["guidance"]["name"] == "decoder_inversion" else range(objects.sampler.seeds)
+            for seed in seeds:
+                items.append(Item("method", name, hashes[name], task, recipe_label(recipe), recipe, seed=seed))
+    pretrained = str(objects.model.pretrained)
+    return Plan(clips, hashes, kept, items, skipped, random_weights=pretrained == "gdr-tiny")
+
+
+def hash_bytes(x: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ work
+class EvaluationRunner(L.LightningModule):
+    """Executes items in `Trainer.predict`: each ``predict_step`` runs one item, writes its wav and record."""
+
+    def __init__(self, model: AudioLDM2, plan: Plan, out_dir: Path, chunk_cfg):
+        super().__init__()
+        self.model, self.plan, self.out_dir = model, plan, out_dir
+        self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
+        self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
+        self.chunk_batch = chunk_cfg.batch_size
+
+    def record_path(self, item: Item) -> Path:
+        return self.out_dir / "items" / f"{item.key}.json"
+
+    def wav_path(self, item: Item) -> Path:
+        name = item.method if item.seed is None else f"{item.method}_seed{item.seed}"
+        return self.out_dir / "audio" / slug(item.clip) / slug(item.task) / f"{slug(name)}.wav"
+
+    def measurement(self, item: Item, degradation: Degradation) -> torch.Tensor:
+        clip = self.plan.clips[item.clip]
+        seed = item.recipe["degradation"].get("seed", 0)
+        generator = torch.Generator().manual_seed(seed_for("degradation", clip.name, seed))
+        return degradation.measure(clip.waveform[None], generator)[0]
+
+    def run_item(self, item: Item) -> tuple[torch.Tensor, bool]:
+        """The item's output waveform ``(N,)`` and whether it keeps the input's phase."""
+        degradation, guidance, schedule = _recipe_objects(item.recipe)
+        x = self.plan.clips[item.clip].waveform
+        y = self.measurement(item, degradation)
+        if item.kind == "method":
+            s = item.recipe["sampler"]
+            module = GuidedReconstructor(self.model, degradation, guidance, schedule, steps=s["steps"], eta=s["eta"],
+                                         scheduler=s["scheduler"], domain=s["domain"],
+                                         return_denoised=s["return_denoised"], chunk_samples=self.chunk,
+                                         overlap_samples=self.overlap, chunk_batch=self.chunk_batch)
+            return module.reconstruct_clip(y, seed_for(item.clip, item.seed)), False
+        baseline = BASELINES["vae_roundtrip" if item.method == ORACLE else item.method]
+        source = x if item.method == ORACLE else y
+        if not baseline.chunked:
+            return baseline.fn(self.model, source[None], degradation)[0].float(), baseline.phase_coherent
+        device = self.model.device
+
+        def fn(chunks):  # (K, 1, n)
+            return baseline.fn(self.model, chunks[:, 0].to(device), degradation)[:, None].float().cpu()
+
+        out = process_in_chunks(source[None], fn, chunk=self.chunk, overlap=self.overlap,
+                                batch_size=self.chunk_batch)[0]
+        return out, baseline.phase_coherent
+
+    def predict_step(self, batch: list[int], batch_idx: int = 0) -> None:
+        for index in batch:
+            item = self.plan.items[index]
+            if self.record_path(item).exists():  # another rank (padding) or an earlier run did it
+                continue
+            device = self.model.device
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            out, phase = self.run_item(item)
+            wall = time.perf_counter() - start
+            self.finish(item, out, phase, wall, peak_memory_mb(device))
+
+    def finish(self, item: Item, out: torch.Tensor, phase: bool, wall: float, peak: float) -> None:
+        clip = self.plan.clips[item.clip]
+        reference = clip.waveform.double()
+        aligned = align(out.detach().cpu(), clip.waveform)
+        row = {"clip": item.clip, "task": item.task, "method": item.method, "kind": item.kind,
+               "guidance": item.recipe["guidance"]["name"] if item.kind == "method" else item.method,
+               "scale": item.recipe["guidance"]["scale"] if item.kind == "method" else "",
+               "steps": item.recipe["sampler"]["steps"] if item.kind == "method" else "",
+               "seed": "" if item.seed is None else item.seed, "phase_coherent": phase}
+        for name, fn in PER_ITEM.items():
+            row[name] = round(float(fn(aligned[None].double(), reference[None])[0]), 6)
+        row.update(wall_s=round(wall, 3), peak_mem_mb=round(peak, 1), key=item.key)
+        wav = self.wav_path(item)
+        write_wav(wav, out)
+        record = {"row": row, "wav": str(wav.relative_to(self.out_dir))}
+        write_text(self.record_path(item), json.dumps(record, sort_keys=True))
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.indices[i]
+
+
+def collect_rows(out_dir: Path, items: list[Item]) -> list[dict]:
+    """Rows of every item in plan order, from the records on disk."""
+    rows = []
+    for item in items:
+        path = out_dir / "items" / f"{item.key}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            rows.append({**record["row"], "wav": record["wav"]})
+    return rows
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -105,101 +292,47 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-class Evaluator:
-    """Runs per-chunk reconstruction functions over whole clips and scores them."""
+def quiet_lightning() -> None:
+    """Keep Lightning's tips and known-harmless warnings out of the user's terminal."""
+    import logging
+    import warnings
 
-    def __init__(self, model: AudioLDM2, chunk_cfg, progress: bool = True):
-        self.model = model
-        self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
-        self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
-        self.batch_size = chunk_cfg.batch_size
-        self.progress = progress
-
-    def timed(self, work: Callable[[], torch.Tensor]) -> tuple:
-        """Run `work`; returns ``(its result, wall seconds, peak memory MiB)``."""
-        device = self.model.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        out = work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out, time.perf_counter() - start, peak_memory_mb(device)
-
-    def run_chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, desc: str) -> tuple:
-        """Apply `fn` ``(K, n) -> (K, n)`` to the chunks of ``y`` ``(N,)``; returns ``(waveform, wall_s, peak_mb)``."""
-        device = self.model.device
-
-        def on_device(chunks: torch.Tensor) -> torch.Tensor:  # (K, 1, n)
-            return fn(chunks[:, 0].to(device))[:, None].float().cpu()
-
-        return self.timed(lambda: process_in_chunks(y[None], on_device, chunk=self.chunk, overlap=self.overlap,
-                                                    batch_size=self.batch_size, progress=self.progress,
-                                                    desc=desc)[0])
-
-    def baseline(self, name: str, clip: Clip, y: torch.Tensor) -> Result:
-        fn = BASELINES.get_factory(name)
-        out, wall, peak = self.run_chunked(lambda c: fn(self.model, c), y, desc=f"{clip.name}/{name}")
-        return Result(clip.name, name, out, wall, peak)
-
-
-def build_recipe(objects) -> tuple:
-    """Degradation, guidance and schedule from the config; unknown names and bad values fail here."""
-    degradation = build_degradation({"name": objects.degradation.name, **objects.degradation.params})
-    guidance = build_guidance(objects.guidance.name, objects.guidance.params)
-    schedule = build_schedule(objects.guidance.schedule_spec())
-    return degradation, guidance, schedule
-
-
-def measure(degradation: Degradation, clip: Clip, seed: int) -> torch.Tensor:
-    """The clip's measurement ``y = A(x) + n`` ``(N,)``; the noise depends only on (clip, seed)."""
-    generator = torch.Generator().manual_seed(seed_for("degradation", clip.name, seed))
-    return degradation.measure(clip.waveform[None], generator)[0]
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*predict returned None.*")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def run(cfg, objects, parser) -> Path:
-    """The whole evaluation; returns the output folder.
-
-    Order matters for users: config, recipe, clips (and their fit to the degradation) and the model
-    are all checked before the first file is written.
-    """
-    degradation, guidance, schedule = build_recipe(objects)
-    clips = load_clips(objects.data)
-    for clip in clips:
-        degradation.sample_support(clip.waveform.numel())  # e.g. gaps that do not fit raise here
-    model = load_model(objects.model)
-    sampler = objects.sampler
-    evaluator = Evaluator(model, objects.chunk, progress=objects.progress)
-    module = GuidedReconstructor(
-        model, degradation, guidance, schedule, steps=sampler.steps, eta=sampler.eta, scheduler=sampler.scheduler,
-        domain=sampler.domain, return_denoised=sampler.return_denoised, chunk_samples=evaluator.chunk,
-        overlap_samples=evaluator.overlap, chunk_batch=evaluator.batch_size)
+    """The whole evaluation; returns the output folder. Nothing is written before the plan and the model load."""
+    plan = plan_evaluation(objects)
+    trainer_cfg = objects.trainer
+    device = resolve_device(objects.model.device)
+    accelerator = trainer_cfg.accelerator if trainer_cfg.accelerator != "auto" else device.type
+    model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device)
     out_dir = Path(objects.output_dir)
-    method = objects.guidance.name
-    rows = []
-    total = len(clips) * (4 + sampler.seeds)
-    with tqdm(total=total, desc="reconstructions", disable=not objects.progress) as bar:
-        for clip in clips:
-            clip_dir = out_dir / "clips" / clip.name
-            y = measure(degradation, clip, objects.degradation.seed)
-            write_wav(clip_dir / "input.wav", clip.waveform)
-            results = [evaluator.baseline(name, clip, y) for name in ("degraded", "vocoder_roundtrip", "vae_roundtrip")]
-            oracle = evaluator.baseline("vae_roundtrip", clip, clip.waveform)
-            oracle.method = "oracle_vae_roundtrip"
-            results.append(oracle)
-            bar.update(4)
-            for seed in range(sampler.seeds):
-                out, wall, peak = evaluator.timed(lambda: module.reconstruct_clip(y, seed_for(clip.name, seed)))
-                results.append(Result(clip.name, method, out, wall, peak, seed=seed))
-                bar.update(1)
-            for result in results:
-                name = result.method if result.seed is None else f"{result.method}_seed{result.seed}"
-                write_wav(clip_dir / f"{name}.wav", result.waveform)
-                row = score(result, clip.waveform)
-                row.update(degradation=degradation.describe(), guidance=method, scale=objects.guidance.scale,
-                           schedule=objects.guidance.schedule, steps=sampler.steps)
-                rows.append(row)
+    runner = EvaluationRunner(model, plan, out_dir, objects.chunk)
+    pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]
+    start = time.perf_counter()
+    if pending:
+        quiet_lightning()
+        trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=objects.progress,
+                            enable_model_summary=False, inference_mode=False)
+        loader = DataLoader(_Indices(pending), batch_size=1, collate_fn=list)
+        trainer.predict(runner, dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier()  # every shard's records are on disk before rank 0 reads them
+        if not trainer.is_global_zero:
+            return out_dir
+    for name, clip in plan.clips.items():
+        path = out_dir / "audio" / slug(name) / "input.wav"
+        if not path.exists():
+            write_wav(path, clip.waveform)
+    rows = collect_rows(out_dir, plan.items)
     write_csv(out_dir / "metrics.csv", rows)
     write_text(out_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+    from gdr.report import build_report
+
+    build_report(out_dir, rows, plan, objects, cfg_yaml=parser.dump(cfg, skip_none=False),
+                 wall_s=time.perf_counter() - start)
     return out_dir

@@ -14,14 +14,22 @@ Definitions (``shared/docs/methods.md`` §4):
 * ``mrstft``: multi-resolution STFT distance (Parallel WaveGAN / auraloss defaults): mean over
   (1024, 120, 600), (2048, 240, 1200), (512, 50, 240) of spectral convergence + mean |log S - log S_hat|.
 
-All take ``pred`` and ``target`` ``(B, N)`` waveforms at 16 kHz and return ``(B,)`` values
-(lower is better).
+* ``si_sdr`` (zero-mean, Le Roux et al.) and ``snr`` come from torchmetrics. They compare waveforms
+  sample by sample, so they mean something only where the output keeps the input's phase (the
+  degraded input and the DSP baselines); after a phase-free vocoder they are low for any method. The
+  evaluation computes them everywhere but flags rows (``phase_coherent``) and the report and verdicts
+  use them only on flagged rows.
+
+All take ``pred`` and ``target`` ``(B, N)`` waveforms at 16 kHz and return ``(B,)`` values.
+Lower is better except for ``si_sdr`` and ``snr`` (`HIGHER_IS_BETTER`). Outputs are aligned to the
+reference first (`align`: integer lag, then the reference's length).
 """
 
 from __future__ import annotations
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio, signal_noise_ratio
 
 from gdr.audio import SAMPLE_RATE, log_mel
 
@@ -116,10 +124,42 @@ class MultiResolutionSTFT(_MeanOverItems):
     distance = staticmethod(mrstft)
 
 
+def si_sdr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Zero-mean SI-SDR in dB per item (torchmetrics). ``(B, N)`` each -> ``(B,)``."""
+    pred, target = _trim(pred, target)
+    return scale_invariant_signal_distortion_ratio(pred, target, zero_mean=True)
+
+
+def snr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SNR in dB per item (torchmetrics): ``10 log10(|x|^2 / |x - x_hat|^2)``. ``(B, N)`` each -> ``(B,)``."""
+    pred, target = _trim(pred, target)
+    return signal_noise_ratio(pred, target)
+
+
+def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr: float = 0.2) -> torch.Tensor:
+    """Shift ``pred`` ``(N',)`` by the integer lag in ``[-max_lag, max_lag]`` that maximises its normalised
+    cross-correlation with ``target`` ``(N,)`` (only if that peak exceeds `min_corr`: a phase-free output
+    has no reliable peak), then trim or zero-pad it to ``N``."""
+    n = target.shape[-1]
+    p, t = pred.double(), target.double()
+    size = 1 << (p.shape[-1] + n).bit_length()
+    corr = torch.fft.irfft(torch.fft.rfft(t, size) * torch.fft.rfft(p, size).conj(), size)
+    lags = torch.cat([torch.arange(0, max_lag + 1), torch.arange(-max_lag, 0)])
+    values = corr[lags % size] / (p.norm() * t.norm()).clamp_min(1e-12)
+    best = int(values.argmax())
+    lag = int(lags[best]) if values[best] > min_corr else 0
+    shifted = torch.roll(torch.nn.functional.pad(pred, (max_lag, max_lag)), lag)[max_lag:max_lag + pred.shape[-1]]
+    return torch.nn.functional.pad(shifted, (0, max(0, n - shifted.shape[-1])))[:n]
+
+
 # name -> per-item function; the evaluation writes one column per entry.
 PER_ITEM = {
     "logmel_l1": logmel_l1,
     "lsd": lsd,
     "lsd_high": lambda p, t: lsd(p, t, min_hz=4000.0),
     "mrstft": mrstft,
+    "si_sdr": si_sdr,
+    "snr": snr,
 }
+HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True}
+PHASE_METRICS = ("si_sdr", "snr")

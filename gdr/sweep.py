@@ -1,0 +1,101 @@
+"""Sweeps: a grid of recipes (degradation x guidance x strength x steps ...) expanded into work items.
+
+A sweep is the base config plus ``sweep.grid``: dotted config keys mapped to lists of values, e.g.
+
+    sweep:
+      grid:
+        degradation: [{name: lowpass, params: {cutoff_hz: 4000}}, {name: noise, params: {snr_db: 10}}]
+        guidance.name: [dps, mpgd, latent_pull]
+        guidance.scale: [0.5, 1.0]
+        sampler.steps: [20]
+
+The grid is their Cartesian product; a plain run is a grid of one. Each (clip, recipe, seed) and each
+(clip, task, baseline) is one `Item` with a key that hashes the clip's content and the item's resolved
+config, so a restarted sweep skips what is done and shards split the same list the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+
+from gdr.errors import ConfigError
+
+GRID_KEYS = ("degradation", "degradation.name", "degradation.params", "degradation.seed", "guidance",
+             "guidance.name", "guidance.scale", "guidance.schedule", "guidance.start_scale", "guidance.params",
+             "sampler.steps", "sampler.eta", "sampler.scheduler", "sampler.domain", "sampler.return_denoised")
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree[part]
+    if isinstance(tree.get(parts[-1]), dict) and isinstance(value, dict) and len(parts) == 1:
+        tree[parts[-1]] = {**tree[parts[-1]], **value}
+    else:
+        tree[parts[-1]] = value
+
+
+def expand_grid(base: dict, grid: dict) -> list[dict]:
+    """Recipes (dicts with keys degradation, guidance, sampler) for every combination in `grid`."""
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise ConfigError(f"sweep.grid: unknown key(s) {', '.join(unknown)}; known: {', '.join(GRID_KEYS)}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid.{key} must be a non-empty list, got {values!r}")
+    recipes = []
+    for combo in itertools.product(*grid.values()):
+        recipe = copy.deepcopy(base)
+        for key, value in zip(grid, combo):
+            _set(recipe, key, copy.deepcopy(value))
+        recipes.append(recipe)
+    return recipes
+
+
+def stable_hash(obj, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def task_label(degradation: dict) -> str:
+    """A short, readable name of a degradation config, used in file names and tables."""
+    params = degradation.get("params") or {}
+    if degradation["name"] == "compose":
+        return "+".join(task_label({"name": op["name"], "params": {k: v for k, v in op.items() if k != "name"}})
+                        for op in params.get("ops", []))
+    inner = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{degradation['name']}({inner})" if inner else degradation["name"]
+
+
+def recipe_label(recipe: dict) -> str:
+    """``dps s=0.5 cosine 20st`` style label of the guidance part of a recipe (what the report compares)."""
+    g, s = recipe["guidance"], recipe["sampler"]
+    label = f"{g['name']} s={g['scale']:g}"
+    if g.get("schedule", "constant") != "constant":
+        label += f" {g['schedule']}"
+    if g.get("params"):
+        label += " " + ",".join(f"{k}={v}" for k, v in sorted(g["params"].items()))
+    return f"{label} {s['steps']}st"
+
+
+@dataclass
+class Item:
+    """One unit of work. ``kind`` is ``"baseline"`` or ``"method"``."""
+
+    kind: str
+    clip: str
+    clip_hash: str
+    task: str
+    method: str  # baseline name or recipe label
+    recipe: dict
+    seed: int | None = None
+    key: str = field(default="")
+
+    def __post_init__(self):
+        if not self.key:
+            self.key = stable_hash({"kind": self.kind, "clip": self.clip_hash, "task": self.recipe["degradation"],
+                                    "method": self.method if self.kind == "baseline" else self.recipe,
+                                    "seed": self.seed, "context": self.recipe.get("context")})
