@@ -14,6 +14,7 @@ with the magnitude capped at twice the level so the spline cannot run away over 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -96,18 +97,17 @@ def _istft(spec: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tenso
 
 
 @register("spectral_subtraction", task="noise", chunked=False, phase_coherent=True)
-def spectral_subtraction(model, y: torch.Tensor, degradation=None, *, floor: float = 0.1) -> torch.Tensor:
-    """Wiener-style gain ``max(1 - N / |Y|^2, floor)`` per STFT bin (512, hop 128), noisy phase kept.
+def spectral_subtraction(model, y: torch.Tensor, degradation=None, *, floor: float = 0.03) -> torch.Tensor:
+    """Power spectral subtraction, gain ``max(1 - N / |Y|^2, floor)`` per STFT bin (512, hop 128), noisy phase.
 
-    The noise power per bin is the 10th percentile of the frame powers, scaled by 1.5 to offset the
-    percentile's downward bias for noise-dominated bins (minimum statistics in its simplest form), then
-    median-filtered over 15 bins so that steady tones (whose low percentile is signal, not noise) are
-    not mistaken for noise.
+    Noise power per bin: the median of the frame powers divided by ln 2 (for noise-only bins the power is
+    exponentially distributed, whose median is ln 2 times its mean), median-filtered over 15 bins so that
+    steady tones (present in most frames of their bin) are not taken for noise.
     """
     spec = _stft(y.double(), 512, 128)  # (B, 257, frames)
     power = spec.abs() ** 2
-    noise = 1.5 * torch.quantile(power, 0.1, dim=-1, keepdim=True)  # (B, 257, 1)
-    noise = torch.from_numpy(scipy.signal.medfilt(noise[..., 0].numpy(), (1, 15)))[..., None]
+    noise = torch.quantile(power, 0.5, dim=-1, keepdim=True) / math.log(2)  # (B, 257, 1)
+    noise = torch.from_numpy(scipy.signal.medfilt(noise[..., 0].cpu().numpy(), (1, 15)))[..., None].to(power)
     gain = (1 - noise / power.clamp_min(1e-20)).clamp_min(floor)
     return _istft(spec * gain, 512, 128, y.shape[-1]).to(y.dtype)
 

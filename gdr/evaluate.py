@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import re
 import resource
 import sys
@@ -86,7 +87,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text).strip("_")
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -256,7 +257,7 @@ class EvaluationRunner(L.LightningModule):
         wav = self.wav_path(item)
         write_wav(wav, out)
         record = {"row": row, "wav": str(wav.relative_to(self.out_dir))}
-        write_text(self.record_path(item), json.dumps(record, sort_keys=True))
+        write_text(self.record_path(item), json.dumps(record))
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -303,8 +304,25 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def run(cfg, objects, parser) -> Path:
-    """The whole evaluation; returns the output folder. Nothing is written before the plan and the model load."""
+def remove_stale_temporaries(out_dir: Path, older_than: float) -> None:
+    """Delete temporary files (``.<name>.<random>.tmp``) left by a killed run.
+
+    Final names only ever hold complete files (`gdr.atomic`); a kill -9 can leave a temporary behind,
+    which the next run removes. Only files older than this run's start are touched, so shards of the
+    current run that already write are safe.
+    """
+    if out_dir.exists():
+        for path in out_dir.rglob(".*.tmp"):
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink(missing_ok=True)
+
+
+def run(cfg, objects, parser) -> Path | None:
+    """The whole evaluation; returns the output folder on rank 0 (None on other ranks).
+
+    Nothing is written before the plan and the model load.
+    """
+    started = time.time()
     plan = plan_evaluation(objects)
     trainer_cfg = objects.trainer
     device = resolve_device(objects.model.device)
@@ -312,6 +330,8 @@ def run(cfg, objects, parser) -> Path:
     model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device)
     out_dir = Path(objects.output_dir)
     runner = EvaluationRunner(model, plan, out_dir, objects.chunk)
+    if int(os.environ.get("RANK", "0")) == 0:
+        remove_stale_temporaries(out_dir, older_than=started)
     pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]
     start = time.perf_counter()
     if pending:
@@ -323,7 +343,7 @@ def run(cfg, objects, parser) -> Path:
         trainer.predict(runner, dataloaders=loader, return_predictions=False)
         trainer.strategy.barrier()  # every shard's records are on disk before rank 0 reads them
         if not trainer.is_global_zero:
-            return out_dir
+            return None
     for name, clip in plan.clips.items():
         path = out_dir / "audio" / slug(name) / "input.wav"
         if not path.exists():

@@ -14,7 +14,8 @@ def main(argv=None) -> int:
 
     parser, cfg, objects = parse(argv)
     out = run(cfg, objects, parser)
-    print(f"results written to {out}")
+    if out is not None:  # rank 0
+        print(f"results written to {out}")
     return 0
 
 

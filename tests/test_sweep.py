@@ -1,0 +1,174 @@
+"""Sweeps end to end: grid expansion, the smoke sweep with its report, kill -9 and resume, 2-process DDP,
+and bad sweep configs failing before any work."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_script
+from gdr.errors import ConfigError
+from gdr.sweep import expand_grid
+
+TIMING = ("wall_s", "peak_mem_mb")
+BASE = {"degradation": {"name": "identity", "params": {}, "seed": 0},
+        "guidance": {"name": "dps", "scale": 1.0, "schedule": "constant", "start_scale": None, "params": {}},
+        "sampler": {"steps": 10}}
+
+
+def test_grid_is_the_cartesian_product():
+    recipes = expand_grid(BASE, {"guidance.name": ["dps", "mpgd"], "guidance.scale": [0.5, 1, 2],
+                                 "degradation": [{"name": "lowpass", "params": {"cutoff_hz": 4000}}]})
+    assert len(recipes) == 6
+    assert {(r["guidance"]["name"], r["guidance"]["scale"]) for r in recipes} == {
+        (n, s) for n in ("dps", "mpgd") for s in (0.5, 1, 2)}
+    assert all(r["degradation"] == {"name": "lowpass", "params": {"cutoff_hz": 4000}, "seed": 0} for r in recipes)
+    assert expand_grid(BASE, {}) == [BASE]
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ({"guidance.nmae": ["dps"]}, "unknown key"),
+    ({"guidance.name": []}, "non-empty list"),
+    ({"sampler.steps": 5}, "non-empty list"),
+])
+def test_bad_grids_raise(grid, needle):
+    with pytest.raises(ConfigError, match=needle):
+        expand_grid(BASE, grid)
+
+
+def _write_config(tmp_path, **overrides):
+    cfg = {"model": {"pretrained": "gdr-tiny", "device": "cpu"}, "data": {"root": None, "demo_seconds": 1.0},
+           "chunk": {"seconds": 1.28, "overlap_seconds": 0.16, "batch_size": 1},
+           "sampler": {"steps": 2, "seeds": 2},
+           "sweep": {"grid": {"guidance.name": ["dps", "sdedit"],
+                              "degradation": [{"name": "noise", "params": {"snr_db": 10}}]}},
+           "report": {"bootstrap": 200, "embed_audio": False}, "logger": False, "progress": False}
+    for key, value in overrides.items():
+        cfg[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+class _Audio(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.pairs, self.players = set(), 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-clip" in attrs:
+            self.pairs.add((attrs["data-clip"], attrs["data-method"]))
+        if tag == "audio":
+            self.players += 1
+
+
+def test_smoke_sweep_end_to_end(tmp_path, tiny_dir):
+    out = tmp_path / "out"
+    proc = run_script("evaluate.py", "--config", "configs/sweep_smoke.yaml", "--output_dir", str(out),
+                      "--progress", "false", env={"WANDB_MODE": "offline"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _rows(out / "metrics.csv")
+    clips = {"tone_vibrato", "drums", "chirp", "noise_bursts"}
+    assert {r["clip"] for r in rows} == clips
+    tasks = {r["task"] for r in rows}
+    assert tasks == {"lowpass(cutoff_hz=4000)", "gaps(count=2,length_ms=80)"}
+    for task in tasks:
+        methods = {r["method"] for r in rows if r["task"] == task}
+        assert {"degraded", "vocoder_roundtrip", "vae_roundtrip", "oracle_vae_roundtrip"} <= methods
+        assert any(m.startswith("decoder_inversion") for m in methods)
+        assert {"dps s=0.5 4st", "dps s=1 4st", "latent_pull s=1 4st", "inpaint s=0.5 4st"} <= methods
+    assert "lowband_replacement" in {r["method"] for r in rows if r["task"].startswith("lowpass")}
+    assert "ar_interpolation" in {r["method"] for r in rows if r["task"].startswith("gaps")}
+    # The report: random weights named at the top, a verdict per task, every clip x method playable.
+    report = (out / "report.md").read_text()
+    assert "random weights" in report.splitlines()[2]
+    assert report.count("these numbers say nothing about the methods") == 2  # in each task's verdict
+    for task in tasks:
+        assert f"### {task}" in report
+    parser = _Audio()
+    parser.feed((out / "report.html").read_text())
+    expected = {(r["clip"], r["method"]) for r in rows} | {(c, "clean") for c in clips}
+    assert parser.pairs == expected and parser.players == len(rows) + len(clips)
+    assert (out / "plots" / "forest_plot.png").stat().st_size > 1000
+    assert (out / "plots" / "strength_curves.png").exists()
+    assert list((out / "wandb").glob("offline-run-*"))
+    assert not list(out.rglob("*.tmp"))
+
+
+def _start(config, out, extra=()):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--config", str(config),
+                             "--output_dir", str(out), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_kill_and_resume_gives_the_same_results(tmp_path, tiny_dir):
+    config = _write_config(tmp_path)
+    reference = tmp_path / "reference"
+    assert _start(config, reference).wait(timeout=600) == 0
+    out = tmp_path / "out"
+    proc = _start(config, out)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "items").glob("*.json"))) < 8:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list((out / "items").glob("*.json"))
+    total = len(list((reference / "items").glob("*.json")))
+    assert 8 <= len(done) < total and not (out / "metrics.csv").exists()
+    for record in done:  # whatever carries a final name is complete
+        json.loads(record.read_text())
+    assert _start(config, out).wait(timeout=600) == 0
+    assert _without_timing(_rows(out / "metrics.csv")) == _without_timing(_rows(reference / "metrics.csv"))
+    assert not list(out.rglob("*.tmp"))
+    # Finished items were skipped, not recomputed: their records are untouched.
+    assert all(r.stat().st_mtime <= time.time() for r in done)
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, tiny_dir):
+    config = _write_config(tmp_path)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert _start(config, single).wait(timeout=600) == 0
+    proc = _start(config, ddp, ["--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    a, b = _rows(single / "metrics.csv"), _rows(ddp / "metrics.csv")
+    assert [(r["clip"], r["task"], r["method"], r["seed"]) for r in a] == \
+           [(r["clip"], r["task"], r["method"], r["seed"]) for r in b]
+    for ra, rb in zip(a, b):  # two processes run with other thread counts: equal up to float reduction order
+        for metric in ("logmel_l1", "lsd", "lsd_high", "mrstft", "si_sdr", "snr"):
+            assert float(ra[metric]) == pytest.approx(float(rb[metric]), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ({"guidance.name": ["dps", "telepathy"]}, "unknown guidance method 'telepathy'"),
+    ({"guidance.name": []}, "non-empty list"),
+    ({"sampler.steps": [10, -2]}, "sampler.steps"),
+    ({"degradation": [{"name": "lowpass", "params": {"cutoff_hz": 12000}}]}, "cutoff_hz"),
+])
+def test_bad_sweep_configs_fail_before_work(tmp_path, tiny_dir, capsys, grid, needle):
+    from test_evaluate_script import run_in_process
+
+    config = _write_config(tmp_path, sweep={"grid": grid})
+    out = tmp_path / "out"
+    proc = run_in_process(["--config", str(config), "--output_dir", str(out)], capsys)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert not out.exists()
