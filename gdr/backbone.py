@@ -185,12 +185,14 @@ class AudioLDM2(nn.Module):
         device: str | torch.device = "cpu",
         null_condition: NullConditionKind = "original",
         cache_dir: str | os.PathLike | None = None,
+        lora_path: str | os.PathLike | None = None,
     ) -> "AudioLDM2":
         """Load from a hub id (default ``cvssp/audioldm2``) or a local pipeline folder.
 
         ``pretrained="gdr-tiny"`` builds (once) and loads the tiny random-weight model through
         the same code. The VAE and vocoder stay in float32 when the VAE config asks for
-        ``force_upcast`` (AudioLDM2's does); the UNet runs in `dtype`.
+        ``force_upcast`` (AudioLDM2's does); the UNet runs in `dtype`. `lora_path`: a folder written by
+        ``scripts/train.py`` (LoRA adapter on the UNet).
         Raises `ModelNotFoundError` with a one-line message when the model is missing or incomplete.
         """
         from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
@@ -215,7 +217,12 @@ class AudioLDM2(nn.Module):
         aux_dtype = torch.float32 if upcast else dtype
         vae = vae.to(device=device, dtype=aux_dtype)
         vocoder = load(SpeechT5HifiGan, "vocoder").to(device=device, dtype=aux_dtype)
-        unet = load(AudioLDM2UNet2DConditionModel, "unet").to(device=device, dtype=dtype)
+        unet = load(AudioLDM2UNet2DConditionModel, "unet")
+        if lora_path is not None:
+            from gdr.adapters import load_lora
+
+            load_lora(unet, lora_path)
+        unet = unet.to(device=device, dtype=dtype)
         cond = load_null_condition(source, null_condition, cache_dir)
         return cls(vae, unet, scheduler, vocoder, cond.to(device, dtype), source=source)
 

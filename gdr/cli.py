@@ -9,9 +9,22 @@ from typing import Callable
 from gdr.errors import GdrError
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's tips and known-harmless warnings out of the user's terminal."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for message in (".*predict returned None.*", ".*treespec.*", ".*does not have many workers.*",
+                    ".*module\\(s\\) in eval mode.*", ".*Checkpoint directory .* exists and is not empty.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main_guard(main: Callable[[], int]) -> int:
     """Run `main`; a `GdrError` prints one line and returns 1, Ctrl-C returns 130. Bugs still raise."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_lightning()
     try:
         return main()
     except GdrError as exc:

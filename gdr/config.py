@@ -29,6 +29,7 @@ class ModelConfig:
     pretrained: hub id, local pipeline folder, or ``gdr-tiny`` (the built-in random tiny model).
     null_condition: ``original`` (what the UNet was trained with) or ``diffusers`` (``""`` through the text stack).
     cache_dir: where the tiny model and the cached null conditioning live (default ``$GDR_CACHE`` or ``~/.cache/gdr``).
+    lora_path: a LoRA adapter folder written by ``scripts/train.py`` (lora.safetensors + adapter_config.json).
     """
 
     pretrained: str = "cvssp/audioldm2"
@@ -36,6 +37,7 @@ class ModelConfig:
     device: str = "auto"
     null_condition: Literal["original", "diffusers"] = "original"
     cache_dir: Optional[str] = None
+    lora_path: Optional[str] = None
 
 
 @dataclass
@@ -91,7 +93,8 @@ class GuidanceConfig:
     """The guidance method by registry name, its strength schedule and method parameters.
 
     Strength: ``constant`` uses ``scale`` at every step; ``linear`` / ``cosine`` ramp from
-    ``start_scale`` (default 0) at the noisiest step to ``scale`` at the last.
+    ``start_scale`` (default 0) at the noisiest step to ``scale`` at the last; ``schedule_path`` loads
+    a schedule learned by ``scripts/train.py`` (it replaces the others).
     ``params`` are the method's own options, e.g. ``{strength: 0.5}`` (sdedit), ``{lam: 1, zeta: 0.3}``
     (diffpir), ``{loss: norm, every: 2}`` (dps, mpgd), ``{start: target}`` (latent_pull).
     """
@@ -101,6 +104,7 @@ class GuidanceConfig:
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     start_scale: Optional[float] = None
     params: dict = field(default_factory=dict)
+    schedule_path: Optional[str] = None
 
     def schedule_spec(self) -> dict:
         if self.schedule == "constant":

@@ -40,6 +40,7 @@ from gdr.atomic import write_text
 from gdr.audio import SAMPLE_RATE, write_wav
 from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
+from gdr.cli import quiet_lightning
 from gdr.chunking import process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
@@ -75,6 +76,7 @@ def load_model(model_cfg, device: torch.device | None = None) -> AudioLDM2:
         device=device or resolve_device(model_cfg.device),
         null_condition=model_cfg.null_condition,
         cache_dir=model_cfg.cache_dir,
+        lora_path=model_cfg.lora_path,
     )
 
 
@@ -107,6 +109,10 @@ def _recipe_objects(recipe: dict) -> tuple:
     degradation = build_degradation({"name": recipe["degradation"]["name"], **(recipe["degradation"]["params"] or {})})
     guidance = build_guidance(recipe["guidance"]["name"], recipe["guidance"]["params"])
     g = recipe["guidance"]
+    if g.get("schedule_path"):
+        from gdr.adapters import load_schedule
+
+        return degradation, guidance, load_schedule(g["schedule_path"], method=g["name"])
     spec = {"name": "constant", "scale": g["scale"]} if g["schedule"] == "constant" else {
         "name": g["schedule"], "start": g.get("start_scale") or 0.0, "end": g["scale"]}
     return degradation, guidance, build_schedule(spec)
@@ -120,7 +126,10 @@ def plan_evaluation(objects) -> Plan:
         "sampler": {k: v for k, v in dataclasses.asdict(objects.sampler).items() if k != "seeds"},
     }
     recipes = expand_grid(base, objects.sweep.grid)
-    context = {"model": objects.model.pretrained, "dtype": objects.model.dtype,
+    lora = objects.model.lora_path
+    # Content hashes, not paths, so that a retrained adapter or schedule at the same path is not "done".
+    context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
+               "dtype": objects.model.dtype,
                "null_condition": objects.model.null_condition, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -138,6 +147,8 @@ def plan_evaluation(objects) -> Plan:
             skipped.append(f"{recipe_label(recipe)} on {task_label(recipe['degradation'])}: {exc}")
             continue
         recipe["context"] = context
+        if recipe["guidance"].get("schedule_path"):
+            recipe["context"] = {**context, "schedule": file_hash(Path(recipe["guidance"]["schedule_path"]))}
         kept.append(recipe)
     if not kept:
         raise ConfigError("the sweep grid is empty after removing incompatible combinations")
@@ -163,7 +174,7 @@ def plan_evaluation(objects) -> Plan:
                        if r["degradation"] == task_recipe["degradation"]):
                 inversion = copy.deepcopy(task_recipe)
                 inversion["guidance"] = {"name": "decoder_inversion", "scale": 1.0, "schedule": "constant",
-                                         "start_scale": None, "params": {}}
+                                         "start_scale": None, "params": {}, "schedule_path": None}
                 items.append(Item("method", name, hashes[name], task, recipe_label(inversion), inversion, seed=0))
         for recipe in kept:
             task = task_label(recipe["degradation"])
@@ -172,6 +183,12 @@ def plan_evaluation(objects) -> Plan:
                 items.append(Item("method", name, hashes[name], task, recipe_label(recipe), recipe, seed=seed))
     pretrained = str(objects.model.pretrained)
     return Plan(clips, hashes, kept, items, skipped, random_weights=pretrained == "gdr-tiny")
+
+
+def file_hash(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
 def hash_bytes(x: torch.Tensor) -> str:
@@ -293,17 +310,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's tips and known-harmless warnings out of the user's terminal."""
-    import logging
-    import warnings
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*predict returned None.*")
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
 def remove_stale_temporaries(out_dir: Path, older_than: float) -> None:
     """Delete temporary files (``.<name>.<random>.tmp``) left by a killed run.
 
@@ -335,7 +341,7 @@ def run(cfg, objects, parser) -> Path | None:
     pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]
     start = time.perf_counter()
     if pending:
-        quiet_lightning()
+        quiet_lightning()  # also when called from Python rather than the script
         trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
                             logger=False, enable_checkpointing=False, enable_progress_bar=objects.progress,
                             enable_model_summary=False, inference_mode=False)

@@ -57,6 +57,7 @@ class Context:
     scheduler: object
     timesteps: torch.Tensor
     generator: torch.Generator | None
+    keep_graph: bool = False  # the sampler keeps the graph through this step (learning the schedule)
 
     def noise_like(self, z: torch.Tensor) -> torch.Tensor:
         return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
@@ -214,10 +215,11 @@ class DPS(_EveryK):
 
     def forward(self, step, ctx, scale):
         if not self.active(step.i, step.n) or scale == 0:
-            return step.z_prev.detach()
+            return step.z_prev
         loss = _item_loss(ctx.measurement.residual(step.z0_hat), self.loss)
-        (grad,) = torch.autograd.grad(loss, step.z_t)
-        return step.z_prev.detach() - scale * grad
+        # First order when learning the schedule: the gradient is a constant of the outer backward pass.
+        (grad,) = torch.autograd.grad(loss, step.z_t, retain_graph=ctx.keep_graph)
+        return step.z_prev - scale * grad
 
 
 @GUIDANCE.register("mpgd")
@@ -266,19 +268,28 @@ class DiffPIR(_EveryK):
             raise ConfigError(f"diffpir.iters must be an integer >= 1, got {iters!r}")
         self.lam, self.sigma, self.zeta, self.iters, self.lr = float(lam), float(sigma), float(zeta), iters, float(lr)
 
-    def data_step(self, z0_hat: torch.Tensor, measurement: Measurement, weight: float, rho: float) -> torch.Tensor:
+    def data_step(self, z0_hat: torch.Tensor, measurement: Measurement, weight, rho: float) -> torch.Tensor:
         closed = measurement.prox(z0_hat, weight, rho)
         if closed is not None:
             return closed
+        w = float(weight)
         with torch.enable_grad():
             z = z0_hat.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=self.lr)
             for _ in range(self.iters):
                 opt.zero_grad()
-                loss = weight * _item_loss(measurement.residual(z), "squared") + rho * (z - z0_hat).pow(2).sum()
+                loss = w * _item_loss(measurement.residual(z), "squared") + rho * (z - z0_hat.detach()).pow(2).sum()
                 loss.backward()
                 opt.step()
-        return z.detach()
+            z_star = z.detach()
+            if not (torch.is_tensor(weight) and weight.requires_grad) and not z0_hat.requires_grad:
+                return z_star
+            # Implicit function theorem at the optimum w grad L(z*) + 2 rho (z* - z0_hat) = 0, dropping the
+            # Hessian of L against 2 rho: dz*/dz0_hat ~ I and dz*/dw ~ -grad L(z*) / (2 rho).
+            z_eval = z_star.clone().requires_grad_(True)
+            (grad_l,) = torch.autograd.grad(_item_loss(measurement.residual(z_eval), "squared"), z_eval)
+        w_t = weight if torch.is_tensor(weight) else torch.tensor(w)
+        return z_star + (z0_hat - z0_hat.detach()) - (w_t - w_t.detach()) * grad_l / (2 * rho)
 
     def forward(self, step, ctx, scale):
         z0 = step.z0_hat

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.utils.checkpoint
 from tqdm.auto import tqdm
 
 from gdr.guidance import Context, Guidance, Step
@@ -34,6 +35,8 @@ def sample(
     generator: torch.Generator | None = None,
     return_denoised: bool = True,
     progress: bool = False,
+    grad_steps: int = 0,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run the guided reverse process; returns the final latent, shaped like ``measurement.z_y``.
 
@@ -44,6 +47,9 @@ def sample(
         measurement: residual and target latent of this batch.
         steps: number of inference steps; eta: DDIM eta (ignored by schedulers without one).
         generator: the only source of randomness (initial noise, eta noise, method noise).
+        grad_steps: keep the autograd graph through the last `grad_steps` steps (truncated backprop, for
+            learning the schedule or an adapter end to end); earlier steps run without a graph.
+        checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing).
     """
     scheduler.set_timesteps(steps, device=measurement.z_y.device)
     ctx = Context(measurement, scheduler, scheduler.timesteps, generator)
@@ -53,13 +59,21 @@ def sample(
     n = len(ctx.timesteps)
     for i in tqdm(range(first, n), desc="denoising", disable=not progress, leave=False):
         t = ctx.timesteps[i]
-        with torch.set_grad_enabled(guidance.wants_unet_grad(i, n)):
-            z_t = z.detach().requires_grad_(torch.is_grad_enabled())
-            eps = eps_model(z_t, t)
+        keep = i >= n - grad_steps
+        ctx.keep_graph = keep
+        needs = guidance.wants_unet_grad(i, n)
+        with torch.set_grad_enabled(keep or needs):
+            z_t = z if keep and z.requires_grad else z.detach().requires_grad_(needs)
+            if keep and checkpoint:
+                eps = torch.utils.checkpoint.checkpoint(eps_model, z_t, t, use_reentrant=False)
+            else:
+                eps = eps_model(z_t, t)
             out = scheduler.step(eps, t, z_t, **step_kwargs)
             z0_hat = out.pred_original_sample
             last = return_denoised and i == n - 1
             step = Step(i, n, t, z_t, eps, z0_hat, z0_hat if last else out.prev_sample,
                         ctx.alpha_bar(i), 1.0 if last else ctx.alpha_bar(i + 1))
-            z = guidance(step, ctx, schedule(i, n)).detach()
+            z = guidance(step, ctx, schedule(i, n))
+            if not keep:
+                z = z.detach()
     return z

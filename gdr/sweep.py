@@ -21,11 +21,13 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gdr.errors import ConfigError
 
 GRID_KEYS = ("degradation", "degradation.name", "degradation.params", "degradation.seed", "guidance",
              "guidance.name", "guidance.scale", "guidance.schedule", "guidance.start_scale", "guidance.params",
+             "guidance.schedule_path",
              "sampler.steps", "sampler.eta", "sampler.scheduler", "sampler.domain", "sampler.return_denoised")
 
 
@@ -74,7 +76,9 @@ def recipe_label(recipe: dict) -> str:
     """``dps s=0.5 cosine 20st`` style label of the guidance part of a recipe (what the report compares)."""
     g, s = recipe["guidance"], recipe["sampler"]
     label = f"{g['name']} s={g['scale']:g}"
-    if g.get("schedule", "constant") != "constant":
+    if g.get("schedule_path"):
+        label = f"{g['name']} learned:{Path(g['schedule_path']).stem}"
+    elif g.get("schedule", "constant") != "constant":
         label += f" {g['schedule']}"
     if g.get("params"):
         label += " " + ",".join(f"{k}={v}" for k, v in sorted(g["params"].items()))

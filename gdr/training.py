@@ -1,0 +1,260 @@
+"""What `scripts/train.py` trains: a per-timestep guidance schedule, or a LoRA adapter on the UNet.
+
+Both are thin LightningModules around the frozen backbone:
+
+* `ScheduleLearner`: strengths ``s_i = softplus(theta_i)`` (one per sampling step) trained end to end
+  through the unrolled guided sampler on a restoration loss against the clean audio,
+  ``L = logmel_l1(x_hat, x) + mrstft(x_hat, x)``. Memory stays bounded by truncated backprop (the graph is
+  kept through the last ``grad_steps`` steps only) and activation checkpointing of the UNet. Data
+  gradients inside the methods are first order (constants of the outer backward pass).
+* `LoraAdapterLearner`: LoRA on the UNet's attention projections, trained with the standard
+  epsilon-prediction loss on clean latents of the data (adapting the prior to the domain), or with
+  ``objective: guided`` end to end through the guided sampler like the schedule.
+
+Exports (`export`, called at the end of fit and loadable by evaluate.py): ``schedule.safetensors``
+(``--guidance.schedule_path``) or ``lora/`` (``--model.lora_path``). An exponential moving average of the
+trained parameters is kept when ``ema_decay > 0`` and is what gets validated and exported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from gdr.adapters import inject_lora, lora_state_dict, save_lora, save_schedule
+from gdr.backbone import AudioLDM2
+from gdr.baselines import pad_to_multiple
+from gdr.degradations import build_degradation
+from gdr.errors import ConfigError
+from gdr.guidance import build_guidance
+from gdr.measurement import DecoderMeasurement
+from gdr.metrics import LogMelL1, MultiResolutionSTFT, logmel_l1, mrstft
+from gdr.module import seed_for
+from gdr.sampler import sample
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary name and renamed, so a kill leaves the last complete one intact;
+    loaded with ``weights_only=True`` (they hold only tensors and plain Python values)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        from gdr.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class LearnedSchedule(nn.Module):
+    """``steps`` strengths kept positive by softplus; initialised at ``init``. ``forward(i, n)`` -> 0-dim tensor."""
+
+    def __init__(self, steps: int, init: float = 1.0):
+        super().__init__()
+        raw = math.log(math.expm1(init)) if init < 20 else init  # softplus^-1
+        self.raw = nn.Parameter(torch.full((steps,), float(raw)))
+
+    def values(self) -> torch.Tensor:
+        return nn.functional.softplus(self.raw)
+
+    def forward(self, i: int, n: int) -> torch.Tensor:
+        return self.values()[i]
+
+
+def _check_positive(name: str, value, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or value <= 0:
+        raise ConfigError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+class _Learner(L.LightningModule):
+    """Shared machinery: the frozen backbone, the guided reconstruction of a batch, losses, EMA, export."""
+
+    def __init__(self, pretrained: str, guidance: str, guidance_params: dict | None, steps: int, grad_steps: int,
+                 lr: float, ema_decay: float, export_dir: str, cache_dir: str | None, checkpointing: bool):
+        super().__init__()
+        _check_positive("model.lr", lr)
+        _check_positive("model.steps", steps, integer=True)
+        if not isinstance(grad_steps, int) or not 1 <= grad_steps <= steps:
+            raise ConfigError(f"model.grad_steps must be an integer in [1, steps={steps}], got {grad_steps!r}")
+        if not 0 <= ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be in [0, 1), got {ema_decay!r}")
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints hold only what is trained (see on_save_checkpoint)
+        self.backbone = AudioLDM2.from_pretrained(pretrained, cache_dir=cache_dir)
+        self.guidance = build_guidance(guidance, guidance_params)
+        self.val_logmel, self.val_mrstft = LogMelL1(), MultiResolutionSTFT()
+
+    # ---------------------------------------------------------------- parameters and EMA
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.ema_decay > 0 and not hasattr(self, "ema_0"):
+            for k, p in enumerate(self.trained_parameters().values()):
+                self.register_buffer(f"ema_{k}", p.detach().clone())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.hparams.ema_decay > 0:
+            d = self.hparams.ema_decay
+            with torch.no_grad():
+                for k, p in enumerate(self.trained_parameters().values()):
+                    getattr(self, f"ema_{k}").mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def _swap_ema(self) -> None:
+        if self.hparams.ema_decay > 0:
+            with torch.no_grad():
+                for k, p in enumerate(self.trained_parameters().values()):
+                    ema = getattr(self, f"ema_{k}")
+                    tmp = p.detach().clone()
+                    p.copy_(ema)
+                    ema.copy_(tmp)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen backbone (1.8 GB for the real model) is reloaded from `pretrained`; keep the rest.
+        keep = set(self.trained_parameters())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in keep or not k.startswith("backbone.")}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(list(self.trained_parameters().values()), lr=self.hparams.lr)
+
+    # ---------------------------------------------------------------- guided reconstruction
+    def reconstruct(self, batch: dict, schedule, generator: torch.Generator, grad_steps: int) -> torch.Tensor:
+        """Guided reconstruction of ``batch["y"]`` ``(B, n)`` -> ``(B, n)``, differentiable through the last steps."""
+        model = self.backbone
+        y = pad_to_multiple(batch["y"], model.samples_multiple)
+        outs = []
+        for b in range(y.shape[0]):  # gap masks differ per item
+            op = self.degradation.localize(pad_to_multiple(batch["support"][b].cpu(), model.samples_multiple))
+            measurement = DecoderMeasurement(model, op, y[b:b + 1])
+            z = sample(model.eps, model.scheduler, self.guidance, schedule, measurement, steps=self.hparams.steps,
+                       generator=generator, grad_steps=grad_steps, checkpoint=self.hparams.checkpointing)
+            outs.append(model.latent_to_waveform(z, y.shape[-1])[:, : batch["y"].shape[-1]])
+        return torch.cat(outs)
+
+    @staticmethod
+    def restoration_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (logmel_l1(x_hat, x) + mrstft(x_hat, x)).mean()
+
+    def generator(self, stage: str, batch_idx: int) -> torch.Generator:
+        # One stream per (stage, step): identical across resumes and independent of global RNG state.
+        step = self.global_step if stage == "train" else batch_idx
+        return torch.Generator(device=self.device).manual_seed(seed_for(stage, self.hparams.seed_offset, step))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Methods such as DPS need autograd inside validation: run with Trainer(inference_mode=False)
+        # (scripts/train.py sets it); no_grad here still lets them enable it locally.
+        with torch.no_grad():
+            x_hat = self.reconstruct(batch, self.schedule_for_eval(), self.generator("val", batch_idx), 0)
+        self.val_logmel.update(x_hat, batch["x"])
+        self.val_mrstft.update(x_hat, batch["x"])
+        self.log("val/loss", self.restoration_loss(x_hat, batch["x"]), batch_size=len(x_hat), sync_dist=True)
+        self.log_dict({"val/logmel_l1": self.val_logmel, "val/mrstft": self.val_mrstft}, batch_size=len(x_hat))
+
+    def on_validation_start(self) -> None:
+        self._swap_ema()
+
+    def on_validation_end(self) -> None:
+        self._swap_ema()
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self._swap_ema()
+            self.export(Path(self.hparams.export_dir))
+            self._swap_ema()
+
+
+class ScheduleLearner(_Learner):
+    """Learn the per-step guidance strength of one method (see the module docstring).
+
+    Args:
+        pretrained: model id/folder (``gdr-tiny`` for smoke runs).
+        guidance, guidance_params: the method (any registered method with a per-step strength).
+        degradation: the task, ``{name: ..., <params>}`` (must match the data module's).
+        steps: sampling steps; grad_steps: steps kept in the graph (truncated backprop).
+        init_scale: initial strength at every step.
+    """
+
+    def __init__(self, pretrained: str = "gdr-tiny", guidance: str = "dps", guidance_params: dict | None = None,
+                 degradation: dict | None = None, steps: int = 10, grad_steps: int = 3, init_scale: float = 1.0,
+                 lr: float = 0.05, ema_decay: float = 0.0, export_dir: str = "outputs/train/schedule",
+                 cache_dir: str | None = None, checkpointing: bool = True, seed_offset: int = 0):
+        if guidance in ("none", "sdedit", "decoder_inversion"):
+            raise ConfigError(f"guidance {guidance!r} has no per-step strength to learn; use latent_pull, inpaint, "
+                              "dps, mpgd or diffpir")
+        _check_positive("model.init_scale", init_scale)
+        super().__init__(pretrained, guidance, guidance_params, steps, grad_steps, lr, ema_decay, export_dir,
+                         cache_dir, checkpointing)
+        self.degradation = build_degradation(degradation or {"name": "identity"})
+        self.schedule = LearnedSchedule(steps, init_scale)
+
+    def schedule_for_eval(self):
+        return self.schedule
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x_hat = self.reconstruct(batch, self.schedule, self.generator("train", batch_idx), self.hparams.grad_steps)
+        loss = self.restoration_loss(x_hat, batch["x"])
+        self.log("train/loss", loss, batch_size=len(x_hat), prog_bar=True, sync_dist=True)
+        return loss
+
+    def export(self, folder: Path) -> Path:
+        return save_schedule(folder / "schedule.safetensors", self.schedule.values(), method=self.hparams.guidance,
+                             steps=self.hparams.steps)
+
+
+class LoraAdapterLearner(_Learner):
+    """LoRA on the UNet (rank, alpha, target modules), trained on the data's clean latents.
+
+    ``objective="eps"``: ``|eps_theta(z_t, t) - eps|^2`` with ``z_t`` the forward noising of ``E(M(x))``;
+    ``objective="guided"``: the restoration loss through the guided sampler (schedule fixed at ``scale``).
+    """
+
+    def __init__(self, pretrained: str = "gdr-tiny", rank: int = 4, alpha: float = 4.0,
+                 target_modules: list[str] | None = None, objective: str = "eps", guidance: str = "dps",
+                 guidance_params: dict | None = None, degradation: dict | None = None, scale: float = 1.0,
+                 steps: int = 10, grad_steps: int = 2, lr: float = 1e-3, ema_decay: float = 0.0,
+                 export_dir: str = "outputs/train/lora", cache_dir: str | None = None, checkpointing: bool = True,
+                 seed_offset: int = 0):
+        if objective not in ("eps", "guided"):
+            raise ConfigError(f"model.objective must be 'eps' or 'guided', got {objective!r}")
+        super().__init__(pretrained, guidance, guidance_params, steps, grad_steps, lr, ema_decay, export_dir,
+                         cache_dir, checkpointing)
+        from gdr.adapters import DEFAULT_LORA_TARGETS
+        from gdr.schedules import Constant
+
+        self.degradation = build_degradation(degradation or {"name": "identity"})
+        self.lora_config = inject_lora(self.backbone.unet, rank, alpha, target_modules or list(DEFAULT_LORA_TARGETS))
+        self.backbone.unet.train()
+        self.fixed_schedule = Constant(scale)
+
+    def schedule_for_eval(self):
+        return self.fixed_schedule
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        g = self.generator("train", batch_idx)
+        if self.hparams.objective == "guided":
+            loss = self.restoration_loss(self.reconstruct(batch, self.fixed_schedule, g, self.hparams.grad_steps),
+                                         batch["x"])
+        else:
+            model = self.backbone
+            with torch.no_grad():
+                z0 = model.waveform_to_latent(pad_to_multiple(batch["x"], model.samples_multiple))
+            t = torch.randint(0, model.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g,
+                              device=z0.device)
+            noise = torch.randn(z0.shape, generator=g, device=z0.device)
+            z_t = model.scheduler.add_noise(z0, noise, t)
+            eps = model.unet(z_t, t, return_dict=False, **model.null_condition.expand(z0.shape[0]))[0]
+            loss = nn.functional.mse_loss(eps, noise)
+        self.log("train/loss", loss, batch_size=len(batch["x"]), prog_bar=True, sync_dist=True)
+        return loss
+
+    def export(self, folder: Path) -> Path:
+        return save_lora(folder / "lora", self.backbone.unet, self.lora_config)
