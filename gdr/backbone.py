@@ -51,7 +51,8 @@ def default_cache_dir() -> Path:
 def _how_to_get() -> str:
     return (
         f"get it with `huggingface-cli download {DEFAULT_MODEL} --local-dir models/audioldm2` and pass "
-        "`--model.pretrained models/audioldm2`, or run the offline demo with `--config configs/smoke.yaml`"
+        "`--model.pretrained models/audioldm2` (train.py: `--model.init_args.pretrained`), or run the offline "
+        "demo with `--config configs/smoke.yaml`"
     )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from gdr.adapters import inject_lora, lora_state_dict, save_lora, save_schedule
@@ -51,6 +52,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class AudioExamples(L.Callback):
+    """Logs the first validation batch (clean, degraded, reconstruction) as audio to wandb, from rank 0 only."""
+
+    def __init__(self, max_items: int = 2):
+        self.max_items = max_items
+
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        from lightning.pytorch.loggers import WandbLogger
+
+        if batch_idx != 0 or not outputs or not isinstance(trainer.logger, WandbLogger):
+            return
+        import wandb
+
+        n = min(self.max_items, len(batch["x"]))
+        audio = {}
+        for name, wave in (("clean", batch["x"]), ("degraded", batch["y"]), ("reconstruction", outputs["x_hat"])):
+            audio[f"val_audio/{name}"] = [wandb.Audio(w.float().cpu().numpy(), sample_rate=16000) for w in wave[:n]]
+        trainer.logger.experiment.log({**audio, "trainer/global_step": trainer.global_step})
 
 
 class LearnedSchedule(nn.Module):
@@ -158,6 +180,7 @@ class _Learner(L.LightningModule):
         self.val_mrstft.update(x_hat, batch["x"])
         self.log("val/loss", self.restoration_loss(x_hat, batch["x"]), batch_size=len(x_hat), sync_dist=True)
         self.log_dict({"val/logmel_l1": self.val_logmel, "val/mrstft": self.val_mrstft}, batch_size=len(x_hat))
+        return {"x_hat": x_hat.detach().cpu()}
 
     def on_validation_start(self) -> None:
         self._swap_ema()

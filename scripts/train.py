@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     try:
         TrainCLI(datamodule_class=RestorationDataModule, subclass_mode_model=True, args=argv,
                  save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+                 seed_everything_default=0,
                  trainer_defaults={"use_distributed_sampler": False, "inference_mode": False})
     except argparse.ArgumentError as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
