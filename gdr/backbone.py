@@ -171,10 +171,18 @@ class AudioLDM2(nn.Module):
         super().__init__()
         self.vae, self.unet, self.vocoder = vae, unet, vocoder
         self.scheduler = scheduler
-        self.null_condition = null_condition
         self.source = source
+        # Buffers, so that `.to(device)` (and Lightning, per DDP rank) moves the conditioning with the UNet.
+        self.register_buffer("null_gpt2", null_condition.gpt2, persistent=False)
+        self.register_buffer("null_t5", null_condition.t5, persistent=False)
+        self.register_buffer("null_t5_mask", null_condition.t5_mask, persistent=False)
+        self.null_kind = null_condition.kind
         for module in (vae, unet, vocoder):
             module.requires_grad_(False).eval()
+
+    @property
+    def null_condition(self) -> NullCondition:
+        return NullCondition(self.null_gpt2, self.null_t5, self.null_t5_mask, self.null_kind)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -187,13 +195,17 @@ class AudioLDM2(nn.Module):
         null_condition: NullConditionKind = "original",
         cache_dir: str | os.PathLike | None = None,
         lora_path: str | os.PathLike | None = None,
+        attention: str = "sdpa",
+        compile: bool = False,
     ) -> "AudioLDM2":
         """Load from a hub id (default ``cvssp/audioldm2``) or a local pipeline folder.
 
         ``pretrained="gdr-tiny"`` builds (once) and loads the tiny random-weight model through
         the same code. The VAE and vocoder stay in float32 when the VAE config asks for
         ``force_upcast`` (AudioLDM2's does); the UNet runs in `dtype`. `lora_path`: a folder written by
-        ``scripts/train.py`` (LoRA adapter on the UNet).
+        ``scripts/train.py`` (LoRA adapter on the UNet). `attention`: ``"sdpa"`` (PyTorch's fused
+        scaled-dot-product attention, diffusers' default) or ``"eager"`` (the plain reference
+        implementation); `compile`: wrap the UNet in ``torch.compile`` (first call compiles).
         Raises `ModelNotFoundError` with a one-line message when the model is missing or incomplete.
         """
         from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
@@ -224,6 +236,14 @@ class AudioLDM2(nn.Module):
 
             load_lora(unet, lora_path)
         unet = unet.to(device=device, dtype=dtype)
+        if attention not in ("sdpa", "eager"):
+            raise ConfigError(f"model.attention must be 'sdpa' or 'eager', got {attention!r}")
+        if attention == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
+        if compile:
+            unet = torch.compile(unet)
         cond = load_null_condition(source, null_condition, cache_dir)
         return cls(vae, unet, scheduler, vocoder, cond.to(device, dtype), source=source)
 

@@ -161,9 +161,11 @@ def build_real_size_components(seed: int = 0, dtype: torch.dtype = torch.float32
     torch.manual_seed(seed)
     vocoder_cfg = cfg("vocoder")
     vocoder_cfg.pop("model_type")
-    return {
-        "vae": AutoencoderKL.from_config(cfg("vae")).to(dtype),
-        "unet": AudioLDM2UNet2DConditionModel.from_config(cfg("unet")).to(dtype),
-        "vocoder": SpeechT5HifiGan(SpeechT5HifiGanConfig(**vocoder_cfg)).to(dtype),
-        "scheduler": DDIMScheduler.from_config(cfg("scheduler")),
+    parts = {
+        "vae": AutoencoderKL.from_config(cfg("vae")),
+        "unet": AudioLDM2UNet2DConditionModel.from_config(cfg("unet")),
+        "vocoder": SpeechT5HifiGan(SpeechT5HifiGanConfig(**vocoder_cfg)),
     }
+    if dtype != torch.float32:
+        parts = {k: v.to(dtype) for k, v in parts.items()}
+    return {**parts, "scheduler": DDIMScheduler.from_config(cfg("scheduler"))}

@@ -33,19 +33,31 @@ def chunk_starts(num_samples: int, chunk: int, overlap: int) -> list[int]:
     return [round(i * span / (n - 1)) for i in range(n)]
 
 
-def crossfade_weights(starts: list[int], chunk: int, num_samples: int) -> torch.Tensor:
-    """``(len(starts), chunk)`` float64 weights; in each overlap they sum to one (cos^2 + sin^2)."""
-    length = min(chunk, num_samples)
-    w = torch.ones(len(starts), length, dtype=torch.float64)
-    for k in range(len(starts) - 1):
-        ov = starts[k] + length - starts[k + 1]
-        if ov <= 0:
-            continue
-        # Half-sample offsets keep every weight strictly inside (0, 1).
-        phase = (torch.arange(ov, dtype=torch.float64) + 0.5) / ov * (math.pi / 2)
-        w[k, length - ov:] *= torch.cos(phase) ** 2
-        w[k + 1, :ov] *= torch.sin(phase) ** 2
+def _raw_weight(starts: list[int], k: int, length: int) -> torch.Tensor:
+    """``(length,)`` float64 crossfade window of chunk `k`: sin^2 fade-in over the overlap with chunk k-1,
+    cos^2 fade-out over the overlap with chunk k+1, one elsewhere (half-sample offsets keep it > 0)."""
+    w = torch.ones(length, dtype=torch.float64)
+    if k > 0 and (ov := starts[k - 1] + length - starts[k]) > 0:
+        w[:ov] *= torch.sin((torch.arange(ov, dtype=torch.float64) + 0.5) / ov * (math.pi / 2)) ** 2
+    if k + 1 < len(starts) and (ov := starts[k] + length - starts[k + 1]) > 0:
+        w[length - ov:] *= torch.cos((torch.arange(ov, dtype=torch.float64) + 0.5) / ov * (math.pi / 2)) ** 2
     return w
+
+
+def crossfade_weight(starts: list[int], k: int, length: int) -> torch.Tensor:
+    """Chunk `k`'s ``(length,)`` weight, normalised by the sum of all windows covering each sample.
+
+    Where two chunks overlap, the windows already sum to one (cos^2 + sin^2); the normalisation only
+    matters where three overlap. Only the neighbours of `k` are looked at, so memory stays per chunk.
+    """
+    start, total = starts[k], torch.zeros(length, dtype=torch.float64)
+    for j in range(len(starts)):
+        lo, hi = max(start, starts[j]), min(start, starts[j]) + length
+        if lo < hi:
+            total[lo - start:hi - start] += _raw_weight(starts, j, length)[lo - starts[j]:hi - starts[j]]
+        elif starts[j] > start:
+            break
+    return _raw_weight(starts, k, length) / total
 
 
 def process_in_chunks(
@@ -68,23 +80,21 @@ def process_in_chunks(
         batch_size: how many chunks go through `fn` at once.
 
     Returns:
-        ``(C, N)`` float32 result. With a single chunk this is exactly ``fn(x[None])[0]``.
+        ``(C, N)`` float32 result. With a single chunk this is exactly ``fn(x[None])[0]``. Besides the
+        output, memory is one batch of chunks: no per-sample weight buffers over the whole signal.
     """
     num_samples = x.shape[-1]
     starts = chunk_starts(num_samples, chunk, overlap)
     length = min(chunk, num_samples)
     if len(starts) == 1:
         return fn(x[None, :, :length])[0].float()
-    weights = crossfade_weights(starts, chunk, num_samples)
-    out = torch.zeros(x.shape[0], num_samples, dtype=torch.float64)
-    total = torch.zeros(num_samples, dtype=torch.float64)
+    out = torch.zeros(x.shape[0], num_samples, dtype=torch.float32)
     bar = tqdm(total=len(starts), desc=desc, disable=not progress, leave=False)
     for b in range(0, len(starts), batch_size):
         group = starts[b:b + batch_size]
         y = fn(torch.stack([x[:, s:s + length] for s in group])).detach().to("cpu", torch.float64)
         for j, s in enumerate(group):
-            out[:, s:s + length] += y[j] * weights[b + j]
-            total[s:s + length] += weights[b + j]
+            out[:, s:s + length] += (y[j] * crossfade_weight(starts, b + j, length)).float()
         bar.update(len(group))
     bar.close()
-    return (out / total).float()
+    return out

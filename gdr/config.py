@@ -30,6 +30,8 @@ class ModelConfig:
     null_condition: ``original`` (what the UNet was trained with) or ``diffusers`` (``""`` through the text stack).
     cache_dir: where the tiny model and the cached null conditioning live (default ``$GDR_CACHE`` or ``~/.cache/gdr``).
     lora_path: a LoRA adapter folder written by ``scripts/train.py`` (lora.safetensors + adapter_config.json).
+    dtype: the UNet's dtype; the VAE and vocoder stay float32 when the VAE config asks (``force_upcast``).
+    attention: ``sdpa`` (fused) or ``eager``; compile: ``torch.compile`` the UNet (GPU runs; slow first call).
     """
 
     pretrained: str = "cvssp/audioldm2"
@@ -38,6 +40,8 @@ class ModelConfig:
     null_condition: Literal["original", "diffusers"] = "original"
     cache_dir: Optional[str] = None
     lora_path: Optional[str] = None
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False
 
 
 @dataclass

@@ -77,6 +77,8 @@ def load_model(model_cfg, device: torch.device | None = None) -> AudioLDM2:
         null_condition=model_cfg.null_condition,
         cache_dir=model_cfg.cache_dir,
         lora_path=model_cfg.lora_path,
+        attention=model_cfg.attention,
+        compile=model_cfg.compile,
     )
 
 

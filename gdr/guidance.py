@@ -195,20 +195,24 @@ class Inpaint(Guidance):
         return step.z_prev + scale * ctx.measurement.latent_mask * (known - step.z_prev)
 
 
+class _DataGradient(_EveryK):
+    """Methods stepping along the gradient of a data loss ``|r|`` (``loss="norm"``) or ``|r|^2`` (``"squared"``)."""
+
+    def __init__(self, loss: str = "norm", every: int = 1):
+        super().__init__(every)
+        if loss not in ("norm", "squared"):
+            raise ConfigError(f"{type(self).__name__.lower()}.loss must be 'norm' or 'squared', got {loss!r}")
+        self.loss = loss
+
+
 @GUIDANCE.register("dps")
-class DPS(_EveryK):
+class DPS(_DataGradient):
     """DPS (Chung et al., ICLR 2023, arXiv 2209.14687): ``z_prev <- z_prev - s grad_{z_t} L(z0_hat(z_t))``.
 
     ``loss="norm"``: ``L = |A(G(z0_hat)) - y|`` as in the official code (the paper's step
     ``zeta / |residual|`` on the squared norm, up to a factor 2); ``"squared"``: ``L = |.|^2`` (the
     Gaussian-likelihood step). Backpropagates through the UNet and the decoder.
     """
-
-    def __init__(self, loss: str = "norm", every: int = 1):
-        super().__init__(every)
-        if loss not in ("norm", "squared"):
-            raise ConfigError(f"dps.loss must be 'norm' or 'squared', got {loss!r}")
-        self.loss = loss
 
     def wants_unet_grad(self, i, n):
         return self.active(i, n)
@@ -223,15 +227,9 @@ class DPS(_EveryK):
 
 
 @GUIDANCE.register("mpgd")
-class MPGD(_EveryK):
+class MPGD(_DataGradient):
     """MPGD-Z (He et al., ICLR 2024, arXiv 2311.16424): a gradient step on ``z0_hat`` through the
     decoder only, ``z0' = z0_hat - s grad_{z0} L``, then DDIM with ``z0'``. No UNet backprop."""
-
-    def __init__(self, loss: str = "norm", every: int = 1):
-        super().__init__(every)
-        if loss not in ("norm", "squared"):
-            raise ConfigError(f"mpgd.loss must be 'norm' or 'squared', got {loss!r}")
-        self.loss = loss
 
     def validate(self, degradation, scheduler):
         _require_ddim(scheduler, "mpgd")

@@ -43,32 +43,34 @@ class Constant(Schedule):
         return self.scale
 
 
-@SCHEDULES.register("linear")
-class Linear(Schedule):
-    """From ``start`` at the first (noisiest) step to ``end`` at the last."""
+class _Ramp(Schedule):
+    """From ``start`` at the first (noisiest) step to ``end`` at the last, along ``shape(frac)`` in [0, 1]."""
 
     def __init__(self, start: float = 0.0, end: float = 1.0):
         super().__init__()
-        _check("linear", start, end)
+        _check(type(self).__name__.lower(), start, end)
         self.start, self.end = float(start), float(end)
 
+    @staticmethod
+    def shape(frac: float) -> float:
+        return frac
+
     def forward(self, i: int, n: int) -> float:
-        frac = i / max(n - 1, 1)
-        return self.start + (self.end - self.start) * frac
+        return self.start + (self.end - self.start) * self.shape(i / max(n - 1, 1))
+
+
+@SCHEDULES.register("linear")
+class Linear(_Ramp):
+    """Linear ramp from ``start`` to ``end``."""
 
 
 @SCHEDULES.register("cosine")
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half-cosine ramp from ``start`` to ``end``: slow at both ends."""
 
-    def __init__(self, start: float = 0.0, end: float = 1.0):
-        super().__init__()
-        _check("cosine", start, end)
-        self.start, self.end = float(start), float(end)
-
-    def forward(self, i: int, n: int) -> float:
-        frac = i / max(n - 1, 1)
-        return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * frac))
+    @staticmethod
+    def shape(frac: float) -> float:
+        return 0.5 * (1 - math.cos(math.pi * frac))
 
 
 @SCHEDULES.register("table")

@@ -132,3 +132,19 @@ def test_real_size_builder_has_audioldm2_shapes():
     with torch.no_grad():
         wave = parts["vocoder"](torch.randn(1, 8, 64))
     assert wave.shape[-1] == 160 * 8 + 32
+
+
+def test_eager_and_sdpa_attention_agree(tiny_dir, cache_dir):
+    sdpa = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir)
+    eager = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir, attention="eager")
+    z = torch.randn(2, 8, 8, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(eager.eps(z, 300), sdpa.eps(z, 300), rtol=1e-4, atol=1e-5)
+    assert type(eager.unet.attn_processors[next(iter(eager.unet.attn_processors))]).__name__ == "AttnProcessor"
+
+
+def test_null_condition_moves_with_the_module(tiny_model):
+    import copy
+
+    moved = copy.deepcopy(tiny_model).to(torch.float64)
+    assert moved.null_condition.t5.dtype == torch.float64 and moved.null_condition.t5_mask.dtype == torch.long
