@@ -110,11 +110,6 @@ class GuidanceConfig:
     params: dict = field(default_factory=dict)
     schedule_path: Optional[str] = None
 
-    def schedule_spec(self) -> dict:
-        if self.schedule == "constant":
-            return {"name": "constant", "scale": self.scale}
-        return {"name": self.schedule, "start": self.start_scale or 0.0, "end": self.scale}
-
 
 @dataclass
 class SamplerConfig:

@@ -48,7 +48,7 @@ from gdr.errors import ConfigError
 from gdr.guidance import build_guidance
 from gdr.metrics import PER_ITEM, align
 from gdr.module import GuidedReconstructor, seed_for
-from gdr.schedules import build_schedule
+from gdr.schedules import schedule_for
 from gdr.sweep import Item, expand_grid, recipe_label, task_label
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -110,14 +110,7 @@ class Plan:
 def _recipe_objects(recipe: dict) -> tuple:
     degradation = build_degradation({"name": recipe["degradation"]["name"], **(recipe["degradation"]["params"] or {})})
     guidance = build_guidance(recipe["guidance"]["name"], recipe["guidance"]["params"])
-    g = recipe["guidance"]
-    if g.get("schedule_path"):
-        from gdr.adapters import load_schedule
-
-        return degradation, guidance, load_schedule(g["schedule_path"], method=g["name"])
-    spec = {"name": "constant", "scale": g["scale"]} if g["schedule"] == "constant" else {
-        "name": g["schedule"], "start": g.get("start_scale") or 0.0, "end": g["scale"]}
-    return degradation, guidance, build_schedule(spec)
+    return degradation, guidance, schedule_for(recipe["guidance"])
 
 
 def plan_evaluation(objects) -> Plan:

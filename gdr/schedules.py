@@ -102,3 +102,16 @@ def build_schedule(spec: dict | str | float) -> Schedule:
         spec = {"name": spec}
     spec = dict(spec)
     return SCHEDULES.build(spec.pop("name", "constant"), **spec)
+
+
+def schedule_for(guidance: dict) -> Schedule:
+    """The strength schedule a guidance config asks for (`gdr.config.GuidanceConfig` as a dict): a learned
+    file (``schedule_path``), or ``schedule`` with ``scale`` (and ``start_scale`` for ramps)."""
+    if guidance.get("schedule_path"):
+        from gdr.adapters import load_schedule
+
+        return load_schedule(guidance["schedule_path"], method=guidance["name"])
+    if guidance.get("schedule", "constant") == "constant":
+        return Constant(guidance["scale"])
+    return build_schedule({"name": guidance["schedule"], "start": guidance.get("start_scale") or 0.0,
+                           "end": guidance["scale"]})

@@ -7,7 +7,7 @@ from gdr.degradations import build_degradation
 from gdr.errors import ConfigError
 from gdr.guidance import GUIDANCE, build_guidance
 from gdr.measurement import DecoderMeasurement, LatentMeasurement
-from gdr.module import GuidedReconstructor
+from gdr.module import GuidedReconstructor, seed_for
 from gdr.sampler import sample
 from gdr.schedules import build_schedule
 
@@ -148,3 +148,19 @@ def test_whole_clip_reconstruction_is_deterministic_in_the_seed(tiny_model):
     y = op(_clip(3 * 1280 * 8 + 555))[0]
     a, b, c = (module.reconstruct_clip(y, seed) for seed in (1, 1, 2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_predict_step_reconstructs_clips_times_seeds_with_trainer_predict(tiny_model):
+    import lightning as L
+
+    op = build_degradation({"name": "gaps", "length_ms": 40, "count": 2})
+    module = GuidedReconstructor(tiny_model, op, build_guidance("inpaint"), build_schedule(1.0), steps=2,
+                                 chunk_samples=8 * 1280, overlap_samples=1280)
+    y = op(_clip(2 * 1280 * 8 + 100))
+    batches = [{"name": [name], "y": y, "seed": [seed]} for name in ("a", "b") for seed in (0, 1)]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        inference_mode=False)
+    outputs = trainer.predict(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert [o["x_hat"].shape for o in outputs] == [y.shape] * 4
+    assert not torch.equal(outputs[0]["x_hat"], outputs[1]["x_hat"])  # seeds differ
+    torch.testing.assert_close(outputs[0]["x_hat"][0], module.reconstruct_clip(y[0], seed_for("a", 0)))
