@@ -168,3 +168,24 @@ def test_bad_training_configs_fail_in_one_line(tmp_path, capsys, tiny_dir, args,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("guidance", ["latent_pull", "inpaint", "dps", "mpgd", "diffpir"])
+def test_every_method_with_a_strength_gets_schedule_gradients(tmp_path, cache_dir, tiny_dir, guidance):
+    learner = _schedule(tmp_path, cache_dir, guidance=guidance, steps=3, grad_steps=2,
+                        guidance_params={"iters": 2} if guidance == "diffpir" else None)
+    batch = next(iter(_data(crop_seconds=0.32).train_dataloader()))
+    loss = learner.training_step(batch, 0)
+    loss.backward()
+    grad = learner.schedule.raw.grad
+    assert torch.isfinite(loss) and grad is not None and torch.isfinite(grad).all()
+    assert grad[0] == 0 and grad[1:].abs().sum() > 0  # truncated: only the last two steps are in the graph
+
+
+def test_lora_guided_objective_trains_the_adapter(tmp_path, cache_dir, tiny_dir):
+    learner = LoraAdapterLearner(pretrained="gdr-tiny", rank=2, alpha=2.0, objective="guided", guidance="latent_pull",
+                                 scale=0.5, steps=2, grad_steps=1, export_dir=str(tmp_path), cache_dir=str(cache_dir))
+    batch = next(iter(_data(crop_seconds=0.32).train_dataloader()))
+    learner.training_step(batch, 0).backward()
+    grads = [p.grad for p in learner.trained_parameters().values()]
+    assert grads and all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
