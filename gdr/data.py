@@ -30,10 +30,6 @@ class Clip:
     waveform: torch.Tensor
     source: str
 
-    @property
-    def seconds(self) -> float:
-        return self.waveform.numel() / SAMPLE_RATE
-
 
 def list_audio_files(root: str | os.PathLike) -> list[Path]:
     """Audio files under `root` (recursively, sorted). Raises if the folder is missing or has none."""

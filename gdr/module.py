@@ -33,6 +33,41 @@ def seed_for(*parts) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
+def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: Guidance, schedule, y: torch.Tensor, *,
+                          support: torch.Tensor | None = None, scheduler=None, steps: int = 50, eta: float = 0.0,
+                          domain: str = "mel", return_denoised: bool = True,
+                          generator: torch.Generator | None = None, grad_steps: int = 0, checkpoint: bool = False,
+                          progress: bool = False) -> torch.Tensor:
+    """Guided reconstruction of a batch of measured chunks (shared by evaluation and training).
+
+    Args:
+        y: ``(B, n)`` measured waveforms at 16 kHz (any ``n >= 1024``; padded internally).
+        support: ``(B, n)`` slice of ``degradation.sample_support`` (gap masks), or None.
+        scheduler: defaults to the model's (DDIM). grad_steps, checkpoint: see `gdr.sampler.sample`; with
+            ``grad_steps > 0`` the decoding to waveform keeps its graph too (training).
+
+    Returns:
+        ``(B, n)`` float32 reconstructions.
+    """
+    n = y.shape[-1]
+    multiple = model.samples_multiple
+    y_pad = pad_to_multiple(y, multiple)
+    if support is None:
+        groups = [(slice(0, y.shape[0]), degradation)]
+    else:  # operators with a position-dependent part (gaps) differ per chunk
+        groups = [(slice(b, b + 1), degradation.localize(pad_to_multiple(support[b], multiple)))
+                  for b in range(y.shape[0])]
+    outs = []
+    for items, op in groups:
+        measurement = DecoderMeasurement(model, op, y_pad[items], domain=domain)
+        z = sample(model.eps, scheduler or model.scheduler, guidance, schedule, measurement, steps=steps, eta=eta,
+                   generator=generator, return_denoised=return_denoised, progress=progress, grad_steps=grad_steps,
+                   checkpoint=checkpoint)
+        with torch.set_grad_enabled(grad_steps > 0):
+            outs.append(model.latent_to_waveform(z, y_pad.shape[-1])[:, :n])
+    return torch.cat(outs).float()
+
+
 class GuidedReconstructor(L.LightningModule):
     """Target-guided reconstruction with AudioLDM2.
 
@@ -73,33 +108,11 @@ class GuidedReconstructor(L.LightningModule):
 
     def reconstruct(self, y: torch.Tensor, generator: torch.Generator | None = None,
                     support: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruct a batch of measured chunks.
-
-        Args:
-            y: ``(B, n)`` measured waveforms at 16 kHz (any ``n >= 1024``; padded internally).
-            generator: randomness of the sampler.
-            support: ``(B, n)`` slice of ``degradation.sample_support`` (gap masks), or None.
-
-        Returns:
-            ``(B, n)`` float32 reconstructions.
-        """
-        n = y.shape[-1]
-        multiple = self.model.samples_multiple
-        y_pad = pad_to_multiple(y, multiple)
-        if support is None:
-            groups = [(slice(0, y.shape[0]), self.degradation)]
-        else:  # operators with a position-dependent part (gaps) differ per chunk
-            groups = [(slice(b, b + 1), self.degradation.localize(pad_to_multiple(support[b], multiple)))
-                      for b in range(y.shape[0])]
-        outs = []
-        for items, op in groups:
-            measurement = DecoderMeasurement(self.model, op, y_pad[items], domain=self.domain)
-            z = sample(self.model.eps, self.scheduler, self.guidance, self.schedule, measurement, steps=self.steps,
-                       eta=self.eta, generator=generator, return_denoised=self.return_denoised,
-                       progress=self.progress)
-            with torch.no_grad():
-                outs.append(self.model.latent_to_waveform(z, y_pad.shape[-1])[:, :n])
-        return torch.cat(outs).float()
+        """Reconstruct a batch of measured chunks ``y`` ``(B, n)`` -> ``(B, n)`` (see `guided_reconstruction`)."""
+        return guided_reconstruction(self.model, self.degradation, self.guidance, self.schedule, y, support=support,
+                                     scheduler=self.scheduler, steps=self.steps, eta=self.eta, domain=self.domain,
+                                     return_denoised=self.return_denoised, generator=generator,
+                                     progress=self.progress)
 
     def reconstruct_clip(self, y: torch.Tensor, seed: int) -> torch.Tensor:
         """A whole measured clip ``(N,)`` through overlapping chunks; deterministic in `seed`. Returns ``(N,)``."""

@@ -224,7 +224,7 @@ def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: st
                   "random network; it says nothing about the methods." if plan.random_weights
                   else f"Model: `{objects.model.pretrained}`.")
     table = summary_table(rows)
-    md = [f"# gdr evaluation report", "", model_note, "",
+    md = ["# gdr evaluation report", "", model_note, "",
           f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}; {len(plan.clips)} clips, "
           f"{len(plan.recipes)} recipes, {len(rows)} rows; wall time {wall_s:.1f} s; "
           f"peak memory {max(float(r['peak_mem_mb']) for r in rows):.0f} MiB.", "",

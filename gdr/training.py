@@ -19,7 +19,6 @@ trained parameters is kept when ``ema_decay > 0`` and is what gets validated and
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -28,16 +27,14 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from gdr.adapters import inject_lora, lora_state_dict, save_lora, save_schedule
+from gdr.adapters import inject_lora, save_lora, save_schedule
 from gdr.backbone import AudioLDM2
 from gdr.baselines import pad_to_multiple
 from gdr.degradations import build_degradation
 from gdr.errors import ConfigError
 from gdr.guidance import build_guidance
-from gdr.measurement import DecoderMeasurement
 from gdr.metrics import LogMelL1, MultiResolutionSTFT, logmel_l1, mrstft
-from gdr.module import seed_for
-from gdr.sampler import sample
+from gdr.module import guided_reconstruction, seed_for
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -151,16 +148,9 @@ class _Learner(L.LightningModule):
     # ---------------------------------------------------------------- guided reconstruction
     def reconstruct(self, batch: dict, schedule, generator: torch.Generator, grad_steps: int) -> torch.Tensor:
         """Guided reconstruction of ``batch["y"]`` ``(B, n)`` -> ``(B, n)``, differentiable through the last steps."""
-        model = self.backbone
-        y = pad_to_multiple(batch["y"], model.samples_multiple)
-        outs = []
-        for b in range(y.shape[0]):  # gap masks differ per item
-            op = self.degradation.localize(pad_to_multiple(batch["support"][b].cpu(), model.samples_multiple))
-            measurement = DecoderMeasurement(model, op, y[b:b + 1])
-            z = sample(model.eps, model.scheduler, self.guidance, schedule, measurement, steps=self.hparams.steps,
-                       generator=generator, grad_steps=grad_steps, checkpoint=self.hparams.checkpointing)
-            outs.append(model.latent_to_waveform(z, y.shape[-1])[:, : batch["y"].shape[-1]])
-        return torch.cat(outs)
+        return guided_reconstruction(self.backbone, self.degradation, self.guidance, schedule, batch["y"],
+                                     support=batch["support"], steps=self.hparams.steps, generator=generator,
+                                     grad_steps=grad_steps, checkpoint=self.hparams.checkpointing)
 
     @staticmethod
     def restoration_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
