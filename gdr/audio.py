@@ -94,6 +94,7 @@ def prepare_waveform(
         raise NonFiniteAudioError(f"{name}: the audio contains NaN or Inf samples")
     if sample_rate <= 0:
         raise UnreadableAudioError(f"{name}: invalid sample rate {sample_rate}")
+    channels = x
     x = x[:, 0] if mono == "first" else x.mean(dim=1)
     if sample_rate != SAMPLE_RATE:
         x = torchaudio.functional.resample(x, orig_freq=sample_rate, new_freq=SAMPLE_RATE)
@@ -102,8 +103,27 @@ def prepare_waveform(
             f"{name}: {x.numel()} samples at 16 kHz is shorter than one frame ({MIN_SAMPLES} samples, 64 ms)"
         )
     if (x - x.mean()).abs().max() < SILENCE_PEAK:
-        raise SilentAudioError(f"{name}: the audio is silent (peak below -100 dBFS)")
+        raise SilentAudioError(_why_silent(name, x, channels, mono))
     return normalize_loudness(x)
+
+
+def _dbfs(peak: float) -> str:
+    return f"{20 * np.log10(max(peak, 1e-12)):.0f} dBFS"
+
+
+def _why_silent(name: str, x: torch.Tensor, channels: torch.Tensor, mono: MonoMode) -> str:
+    """The one-line reason a waveform with nothing left after mean removal is rejected.
+
+    `x`: ``(N,)`` the mono signal that failed; `channels`: ``(N0, C)`` the samples as read.
+    """
+    others = (channels - channels.mean(dim=0)).abs().amax(dim=0)  # (C,) peak of each channel after mean removal
+    if mono == "first" and channels.shape[1] > 1 and bool((others[1:] >= SILENCE_PEAK).any()):
+        return (f"{name}: channel 0 is silent but other channels are not ({channels.shape[1]} channels); "
+                "gdr keeps channel 0 as AudioLDM2 does: pass --data.mono mean to average the channels")
+    if x.abs().max() >= SILENCE_PEAK:
+        return (f"{name}: the audio is a constant (DC only, value {float(x.mean()):.3g}, peak {_dbfs(float(x.abs().max()))}): "
+                "after AudioLDM2's mean removal nothing is left")
+    return f"{name}: the audio is silent (peak below -100 dBFS)"
 
 
 def normalize_loudness(x: torch.Tensor) -> torch.Tensor:

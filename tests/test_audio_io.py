@@ -76,3 +76,23 @@ def test_write_wav_is_atomic_and_round_trips(tmp_path):
             tmp.write_bytes(b"partial")
             raise Boom
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.wav"]
+
+
+def test_dc_only_file_says_nothing_is_left_after_mean_removal(tmp_path):
+    path = _write(tmp_path / "dc.wav", np.full(16000, 0.25, dtype=np.float32))
+    with pytest.raises(errors.SilentAudioError) as info:
+        load_audio(path)
+    message = str(info.value)
+    assert "DC only" in message and "mean removal" in message and "-12 dBFS" in message and "\n" not in message
+
+
+def test_stereo_with_a_silent_first_channel_names_mono_mean(tmp_path):
+    stereo = np.zeros((16000, 2), dtype=np.float32)
+    stereo[:, 1] = 0.3 * np.random.default_rng(0).standard_normal(16000)
+    path = _write(tmp_path / "right_only.wav", stereo)
+    with pytest.raises(errors.SilentAudioError, match="--data.mono mean"):
+        load_audio(path)
+    assert load_audio(path, mono="mean").abs().max().item() == pytest.approx(0.5)
+    # Truly silent stereo still says "silent", without the hint.
+    with pytest.raises(errors.SilentAudioError, match="silent \\(peak below -100 dBFS\\)$"):
+        load_audio(_write(tmp_path / "both_silent.wav", np.zeros((16000, 2), dtype=np.float32)))
