@@ -32,6 +32,7 @@ class ModelConfig:
     lora_path: a LoRA adapter folder written by ``scripts/train.py`` (lora.safetensors + adapter_config.json).
     dtype: the UNet's dtype; the VAE and vocoder stay float32 when the VAE config asks (``force_upcast``).
     attention: ``sdpa`` (fused) or ``eager``; compile: ``torch.compile`` the UNet (GPU runs; slow first call).
+    variant: weight-file variant to load, e.g. ``fp16`` for ``*.fp16.safetensors`` folders (null = the plain files).
     """
 
     pretrained: str = "cvssp/audioldm2"
@@ -42,6 +43,7 @@ class ModelConfig:
     lora_path: Optional[str] = None
     attention: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False
+    variant: Optional[str] = None
 
 
 @dataclass

@@ -44,3 +44,7 @@ class ModelNotFoundError(GdrError):
 
 class ConfigError(GdrError, ValueError):
     """A configuration value is out of range or an unknown name was asked for."""
+
+
+class UnsupportedModelError(GdrError):
+    """A model folder that loads but that gdr cannot run correctly (e.g. the AudioLDM2 speech checkpoints)."""

@@ -40,6 +40,7 @@ from gdr.atomic import write_text
 from gdr.audio import SAMPLE_RATE, write_wav
 from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
+from gdr.builders import is_random_weights
 from gdr.cli import quiet_lightning
 from gdr.chunking import process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
@@ -79,6 +80,7 @@ def load_model(model_cfg, device: torch.device | None = None) -> AudioLDM2:
         lora_path=model_cfg.lora_path,
         attention=model_cfg.attention,
         compile=model_cfg.compile,
+        variant=model_cfg.variant,
     )
 
 
@@ -88,6 +90,27 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def check_writable(out_dir: Path) -> None:
+    """Raise a one-line `ConfigError` unless `out_dir` (or the folder it would be created in) accepts files.
+
+    Probes by creating and deleting a temporary file in the nearest existing folder, so that a
+    read-only folder, a read-only file system or a path through a regular file stops the run before any
+    work (permission bits alone would say yes to root).
+    """
+    import tempfile
+
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"output_dir {out_dir} cannot be created: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output_dir {out_dir} is not writable ({probe}: {exc.strerror or exc})") from None
 
 
 def slug(text: str) -> str:
@@ -124,7 +147,7 @@ def plan_evaluation(objects) -> Plan:
     lora = objects.model.lora_path
     # Content hashes, not paths, so that a retrained adapter or schedule at the same path is not "done".
     context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
-               "dtype": objects.model.dtype,
+               "dtype": objects.model.dtype, "variant": objects.model.variant,
                "null_condition": objects.model.null_condition, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -176,8 +199,8 @@ def plan_evaluation(objects) -> Plan:
             seeds = [0] if recipe["guidance"]["name"] == "decoder_inversion" else range(objects.sampler.seeds)
             for seed in seeds:
                 items.append(Item("method", name, hashes[name], task, recipe_label(recipe), recipe, seed=seed))
-    pretrained = str(objects.model.pretrained)
-    return Plan(clips, hashes, kept, items, skipped, random_weights=pretrained == "gdr-tiny")
+    # Known for sure once the model folder is resolved (`run` sets it from the folder's marker).
+    return Plan(clips, hashes, kept, items, skipped, random_weights=str(objects.model.pretrained) == "gdr-tiny")
 
 
 def file_hash(path: Path) -> str | None:
@@ -324,12 +347,14 @@ def run(cfg, objects, parser) -> Path | None:
     Nothing is written before the plan and the model load.
     """
     started = time.time()
+    out_dir = Path(objects.output_dir)
+    check_writable(out_dir)
     plan = plan_evaluation(objects)
     trainer_cfg = objects.trainer
     device = resolve_device(objects.model.device)
     accelerator = trainer_cfg.accelerator if trainer_cfg.accelerator != "auto" else device.type
     model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device)
-    out_dir = Path(objects.output_dir)
+    plan.random_weights = plan.random_weights or is_random_weights(model.source)
     runner = EvaluationRunner(model, plan, out_dir, objects.chunk)
     if int(os.environ.get("RANK", "0")) == 0:
         remove_stale_temporaries(out_dir, older_than=started)
