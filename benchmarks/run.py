@@ -33,7 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gdr.backbone import AudioLDM2, NullCondition  # noqa: E402
+from gdr.backbone import AudioLDM2  # noqa: E402
+from gdr.conditioning import Condition  # noqa: E402
 from gdr.builders import build_real_size_components, build_tiny_pipeline  # noqa: E402
 from gdr.degradations import build_degradation  # noqa: E402
 from gdr.guidance import build_guidance  # noqa: E402
@@ -92,7 +93,7 @@ def build(size: str, device: torch.device, dtype: torch.dtype):
     pipe.set_progress_bar_config(disable=True)
     widths = pipe.unet.config.cross_attention_dim[0] if size == "real" else [None, 16, 32]
     gen = torch.Generator().manual_seed(0)
-    cond = NullCondition(torch.randn(1, 8, widths[1], generator=gen), torch.randn(1, 4, widths[2], generator=gen),
+    cond = Condition(torch.randn(1, 8, widths[1], generator=gen), torch.randn(1, 4, widths[2], generator=gen),
                          torch.ones(1, 4, dtype=torch.long), "benchmark")
     model = AudioLDM2(pipe.vae, pipe.unet, pipe.scheduler, pipe.vocoder, cond.to(device, dtype), source=size)
     return model, pipe

@@ -19,10 +19,6 @@ from gdr.conditioning import Condition, NullConditionKind, load_null_condition
 from gdr.errors import ConfigError, ModelNotFoundError
 from gdr.hub import DEFAULT_MODEL, first_line, how_to_get, resolve_model_folder
 
-# Kept for callers of the earlier name.
-NullCondition = Condition
-
-
 def default_cache_dir() -> Path:
     """``$GDR_CACHE`` or ``~/.cache/gdr``: the tiny model and cached null conditions live here."""
     return Path(os.environ.get("GDR_CACHE", Path.home() / ".cache" / "gdr"))

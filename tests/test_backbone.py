@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from gdr.backbone import AudioLDM2, compute_null_condition
+from gdr.backbone import AudioLDM2
 from gdr.builders import build_tiny_pipeline, build_real_size_components
 from gdr.errors import ModelNotFoundError
 
@@ -17,7 +17,7 @@ def reference_pipe(tiny_dir):
     """The same tiny pipeline, loaded by diffusers itself (the independent reference)."""
     from diffusers import AudioLDM2Pipeline
 
-    return AudioLDM2Pipeline.from_pretrained(tiny_dir)
+    return AudioLDM2Pipeline.from_pretrained(tiny_dir, dtype=torch.float32)
 
 
 def test_save_load_round_trip_keeps_every_weight(tiny_model):
@@ -63,34 +63,6 @@ def test_mel_to_latent_pads_time_to_a_multiple_of_four(tiny_model):
     assert tiny_model.latent_to_mel(z).shape == (1, 1, 32, 64)
 
 
-def test_null_conditions_and_their_cache(tiny_dir, tmp_path, reference_pipe):
-    cache = tmp_path / "cache"
-    original = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache).null_condition
-    diffusers_null = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache, null_condition="diffusers").null_condition
-    with torch.no_grad():
-        t5, mask, gpt2 = reference_pipe.encode_prompt("", "cpu", 1, False)
-    torch.testing.assert_close(diffusers_null.gpt2, gpt2)
-    torch.testing.assert_close(diffusers_null.t5, t5)
-    torch.testing.assert_close(original.t5, t5)
-    assert torch.count_nonzero(original.gpt2) == 0 and original.gpt2.shape == gpt2.shape
-    assert bool((original.t5_mask == 1).all())
-    assert len(list((cache / "null_condition").glob("*.safetensors"))) == 2
-    # Once cached, the text stack is not needed any more.
-    copy = tmp_path / "model"
-    shutil.copytree(tiny_dir, copy)
-    cached = AudioLDM2.from_pretrained(copy, cache_dir=cache)  # new path -> computes into the cache
-    for sub in ("text_encoder", "text_encoder_2", "language_model"):
-        shutil.rmtree(copy / sub)
-    again = AudioLDM2.from_pretrained(copy, cache_dir=cache)
-    torch.testing.assert_close(again.null_condition.t5, cached.null_condition.t5)
-
-
-def test_compute_null_condition_kinds_differ(reference_pipe):
-    a = compute_null_condition(reference_pipe, "original")
-    b = compute_null_condition(reference_pipe, "diffusers")
-    assert not torch.allclose(a.gpt2, b.gpt2)
-
-
 @pytest.mark.parametrize("damage, needle", [
     ("no_folder", "does not exist"),
     ("no_vae", "missing vae/config.json"),
@@ -111,7 +83,7 @@ def test_incomplete_model_folders_give_one_line(tiny_dir, tmp_path, damage, need
     with pytest.raises(ModelNotFoundError) as info:
         AudioLDM2.from_pretrained(copy, cache_dir=tmp_path / "cache")
     message = str(info.value)
-    assert needle in message and "\n" not in message and "huggingface-cli download" in message
+    assert needle in message and "\n" not in message and "hf download cvssp/audioldm2" in message
 
 
 def test_hub_id_offline_gives_one_line(tmp_path, monkeypatch):

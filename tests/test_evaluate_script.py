@@ -102,7 +102,7 @@ def test_default_config_without_weights_names_the_smoke_config(tmp_path):
     out = tmp_path / "out"
     proc = run_script("evaluate.py", "--config", "configs/default.yaml", "--output_dir", str(out),
                       env={"HF_HOME": str(tmp_path / "hf")})
-    _assert_one_line_failure(proc, out, "huggingface-cli download cvssp/audioldm2", "configs/smoke.yaml")
+    _assert_one_line_failure(proc, out, "hf download cvssp/audioldm2", "configs/smoke.yaml")
 
 
 @pytest.mark.parametrize("args, needle", [
