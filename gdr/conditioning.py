@@ -213,8 +213,7 @@ def _check_text_stack(folder: Path, kind: NullConditionKind) -> None:
     """One line naming the first part of the text stack that `kind` needs and the folder lacks."""
     for sub in NEEDS[kind]:
         if sub in WEIGHTED:
-            config, stem = WEIGHTED[sub]
-            if not (folder / sub / config).is_file() or not weight_files(folder / sub, stem):
+            if not (folder / sub / WEIGHTED[sub][0]).is_file() or not weight_files(folder / sub, sub):
                 raise ModelNotFoundError(f"model folder {folder} is incomplete: the {kind!r} null condition needs "
                                          f"{sub}/ (config and weights) once, to be cached; {how_to_get()}")
         elif not (folder / sub).is_dir():

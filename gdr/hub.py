@@ -26,16 +26,17 @@ from gdr.errors import ModelNotFoundError, UnsupportedModelError
 
 DEFAULT_MODEL = "cvssp/audioldm2"
 HUB_TIMEOUT_S = 10.0
-# component -> (config file, weight file stem); text-stack components are needed only to compute a
-# condition that is not cached yet (`gdr.conditioning`), so they are checked there.
+# component -> (config file, safetensors stem, pickled stem): diffusers names both
+# "diffusion_pytorch_model", transformers "model.safetensors" / "pytorch_model.bin". Text-stack
+# components are needed only to compute a condition that is not cached yet (`gdr.conditioning`).
 WEIGHTED = {
-    "vae": ("config.json", "diffusion_pytorch_model"),
-    "unet": ("config.json", "diffusion_pytorch_model"),
-    "vocoder": ("config.json", "model"),
-    "text_encoder": ("config.json", "model"),
-    "text_encoder_2": ("config.json", "model"),
-    "language_model": ("config.json", "model"),
-    "projection_model": ("config.json", "diffusion_pytorch_model"),
+    "vae": ("config.json", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+    "unet": ("config.json", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+    "vocoder": ("config.json", "model", "pytorch_model"),
+    "text_encoder": ("config.json", "model", "pytorch_model"),
+    "text_encoder_2": ("config.json", "model", "pytorch_model"),
+    "language_model": ("config.json", "model", "pytorch_model"),
+    "projection_model": ("config.json", "diffusion_pytorch_model", "diffusion_pytorch_model"),
 }
 CORE = ("vae", "unet", "vocoder")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -67,14 +68,15 @@ def first_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ local folders
-def weight_files(folder: Path, stem: str, variant: str | None = None) -> list[Path]:
+def weight_files(folder: Path, component: str, variant: str | None = None) -> list[Path]:
     """The weight files `from_pretrained` would read for one component, safetensors first.
 
     Accepts ``<stem>[.<variant>].safetensors``, a sharded ``<stem>[.<variant>].safetensors.index.json``
     (all of whose shards must exist), and the same for ``.bin``. Returns ``[]`` when none is complete.
     """
     infix = f".{variant}" if variant else ""
-    for ext in ("safetensors", "bin"):
+    _, safe_stem, bin_stem = WEIGHTED[component]
+    for stem, ext in ((safe_stem, "safetensors"), (bin_stem, "bin")):
         single = folder / f"{stem}{infix}.{ext}"
         if single.is_file():
             return [single]
@@ -124,10 +126,10 @@ def check_model_folder(folder: Path, variant: str | None = None, components=CORE
         raise ModelNotFoundError(f"model folder {folder} is incomplete: missing scheduler/scheduler_config.json; "
                                  f"{how_to_get()}")
     for sub in components:
-        config, stem = WEIGHTED[sub]
+        config, stem, _ = WEIGHTED[sub]
         if not (folder / sub / config).is_file():
             raise ModelNotFoundError(f"model folder {folder} is incomplete: missing {sub}/{config}; {how_to_get()}")
-        if not weight_files(folder / sub, stem, variant):
+        if not weight_files(folder / sub, sub, variant):
             expected = f"{stem}{'.' + variant if variant else ''}.safetensors"
             hint = ""
             if not variant and list((folder / sub).glob(f"{stem}.*.safetensors")):
@@ -141,9 +143,9 @@ def select_files(repo_files: list[str], variant: str | None = None) -> list[str]
     """The files of a hub snapshot gdr needs: configs, tokenizer files, and per weighted component its
     safetensors (the `variant` ones if asked), falling back to ``.bin`` only where no safetensors exist."""
     wanted = [f for f in repo_files if any(fnmatch.fnmatch(f, p) for p in _CONFIG_FILES + _TOKENIZER_FILES)]
-    for sub, (_, stem) in WEIGHTED.items():
+    for sub, (_, safe_stem, bin_stem) in WEIGHTED.items():
         infix = f".{variant}" if variant else ""
-        for ext in ("safetensors", "bin"):
+        for stem, ext in ((safe_stem, "safetensors"), (bin_stem, "bin")):
             single = f"{sub}/{stem}{infix}.{ext}"
             index = f"{single}.index.json"
             shard = re.compile(re.escape(f"{sub}/{stem}") + r"-\d+-of-\d+" + re.escape(f"{infix}.{ext}") + "$")

@@ -131,7 +131,7 @@ def test_original_null_needs_only_flan_t5(tiny_dir, tmp_path):
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     cond = load_null_condition(copy, "original", tmp_path / "cache")
     assert cond.gpt2.shape == (1, 8, 16)
-    with pytest.raises(ModelNotFoundError, match="'diffusers' null condition needs text_encoder/"):
+    with pytest.raises(ModelNotFoundError, match="'diffusers' null condition needs tokenizer/"):
         load_null_condition(copy, "diffusers", tmp_path / "cache")
 
 

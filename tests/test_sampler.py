@@ -73,7 +73,9 @@ GAPS = {"name": "gaps", "length_ms": 60, "count": 2}
 # (method, degradation, weak (params, scale), strong (params, scale)). The tiny model's random VAE can
 # reach little of y, so the test asks for a strict, strength-monotone decrease, not a large one; the
 # Gaussian oracle tests check the methods' maths. Latent-target methods (latent_pull, sdedit, inpaint)
-# can only help where z_y = E(M(y)) is itself closer to y than a free sample, as for the low-pass.
+# act on the distance to z_y = E(M(y)) (on the reliable part of the latent where there is a mask): that
+# is what they must lower. Through a random VAE, z_y itself need not be closer to y than a free sample.
+LATENT_TARGET = ("latent_pull", "sdedit", "inpaint")
 CASES = [
     ("latent_pull", LOWPASS, ({"start": "noise"}, 0.5), ({"start": "noise"}, 1.0)),
     ("sdedit", LOWPASS, ({"strength": 0.3}, 1.0), ({"strength": 0.1}, 1.0)),
@@ -93,11 +95,19 @@ def test_every_method_lowers_the_measurement_error(tiny_model, method, degradati
     op = build_degradation(degradation)
     y = op.measure(_clip(), torch.Generator().manual_seed(0))
     z_free, measurement = _run(tiny_model, "none", {}, op, y)
-    residual = {"free": measurement.residual(z_free).norm()}
+
+    def error(z):
+        if method in LATENT_TARGET:
+            mask = 1.0 if measurement.latent_mask is None else measurement.latent_mask
+            return ((z - measurement.z_y) * mask).norm()
+        return measurement.residual(z).norm()
+
+    with torch.no_grad():
+        residual = {"free": error(z_free)}
     for name, (params, scale) in (("weak", weak), ("strong", strong)):
         z, _ = _run(tiny_model, method, params, op, y, scale=scale)
         with torch.no_grad():
-            residual[name] = measurement.residual(z).norm()
+            residual[name] = error(z)
     assert residual["strong"] < residual["weak"] < residual["free"], {k: float(v) for k, v in residual.items()}
 
 
@@ -111,8 +121,10 @@ def test_waveform_domain_residual_runs_and_lowers_error(tiny_model):
     guidance = build_guidance("mpgd")
     measurement = DecoderMeasurement(tiny_model, op, y, domain="waveform")
     runs = {}
+    # The random tiny vocoder depends only weakly on its mel input (gradients through it are ~1e-3), hence
+    # the large scale.
     for name, g in (("free", build_guidance("none")), ("mpgd", guidance)):
-        z = sample(tiny_model.eps, tiny_model.scheduler, g, build_schedule(30.0), measurement, steps=5,
+        z = sample(tiny_model.eps, tiny_model.scheduler, g, build_schedule(3000.0), measurement, steps=5,
                    generator=torch.Generator().manual_seed(0))
         runs[name] = measurement.residual(z).norm()
     assert runs["mpgd"] < runs["free"]
