@@ -6,6 +6,7 @@ The front end follows the original AudioLDM2 code (haoheliu/AudioLDM2,
 * mono = channel 0 (``mono="first"``, the default, as AudioLDM2 does) or the channel mean;
 * resampling to 16 kHz with ``torchaudio.functional.resample`` (windowed sinc, its defaults);
 * loudness: remove the mean, scale the peak to 0.5, then once more ``0.5 * x / max|x|``;
+* the waveform is clipped to [-1, 1] before the STFT (``get_mel_from_wav``: ``torch.clip(audio, -1, 1)``);
 * STFT: periodic Hann window of 1024, hop 160, reflect padding of 512 on both sides, magnitude;
 * Slaney mel filterbank, 64 bins, 0-8 kHz, Slaney area normalisation;
 * natural log of ``clamp(mel, 1e-5)``; the centred STFT gives ``1 + N // 160`` frames, the first
@@ -185,15 +186,20 @@ def log_mel(waveform: torch.Tensor) -> torch.Tensor:
     """AudioLDM2's log-mel spectrogram.
 
     Args:
-        waveform: ``(B, N)`` float32 (or float64) at 16 kHz, ``N >= 513`` (reflect padding).
+        waveform: ``(B, N)`` float32 (or float64) at 16 kHz, ``N >= 513`` (reflect padding). Samples
+            beyond +-1 are clipped to +-1 first, as AudioLDM2 does.
 
     Returns:
         ``(B, 1, N // 160, 64)`` natural-log mel magnitudes, floor ``ln(1e-5) = -11.5129``, in
-        the dtype of `waveform`. Differentiable.
+        the dtype of `waveform`. Differentiable: the gradient passes unchanged through samples inside
+        [-1, 1] and is zero for clipped samples.
     """
     if waveform.ndim != 2:
         raise ValueError(f"log_mel expects (B, N), got shape {tuple(waveform.shape)}")
     device = str(waveform.device)
+    # AudioLDM2's get_mel_from_wav clips before its STFT (torch.clip(audio, -1, 1)); normalised clips peak
+    # at 0.5, but a guided estimate, a noisy measurement or a method's output can exceed full scale.
+    waveform = torch.clamp(waveform, -1.0, 1.0)
     spec = torch.stft(
         waveform,
         n_fft=N_FFT,

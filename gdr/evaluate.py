@@ -47,7 +47,7 @@ from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
 from gdr.errors import ConfigError
 from gdr.guidance import build_guidance
-from gdr.metrics import PER_ITEM, align
+from gdr.metrics import PER_ITEM, PHASE_METRICS, align
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.schedules import schedule_for
 from gdr.sweep import Item, expand_grid, recipe_label, task_label
@@ -287,6 +287,9 @@ class EvaluationRunner(L.LightningModule):
                "steps": item.recipe["sampler"]["steps"] if item.kind == "method" else "",
                "seed": "" if item.seed is None else item.seed, "phase_coherent": phase}
         for name, fn in PER_ITEM.items():
+            if name in PHASE_METRICS and not phase:
+                row[name] = ""  # a waveform metric of a phase-free output would read like a score: blank
+                continue
             row[name] = round(float(fn(aligned[None].double(), reference[None])[0]), 6)
         row.update(wall_s=round(wall, 3), peak_mem_mb=round(peak, 1), key=item.key)
         wav = self.wav_path(item)

@@ -123,21 +123,81 @@ class _EveryK(Guidance):
         return (n - 1 - i) % self.every == 0
 
 
-@GUIDANCE.register("latent_pull")
-class LatentPull(Guidance):
-    """The seed's rule: ``z0_hat <- z0_hat + s (z_y - z0_hat)`` with ``z_y = E(M(y))``, then the DDIM step.
+def _strength(value, name: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
 
-    Equals DiffPIR's proximal step with ``A = I`` in latent space (``s = 1 / (1 + rho)``), so it pulls
-    toward the degraded latent, degradation included. ``start="target"`` is the seed's start: ``z_y``
-    noised to the first timestep; ``"noise"`` starts from pure noise. ``masked=True`` pulls only latent
-    cells the degradation leaves reliable (the principled variant). With ``s = 1`` it returns ``z_y``.
+
+def noised_start(ctx: Context, strength: float) -> tuple[torch.Tensor, int]:
+    """SDEdit's start: ``z_y`` noised to the timestep ``strength`` of the way up the schedule.
+
+    As diffusers' image-to-image pipelines (``get_timesteps``): ``floor(strength n)`` steps are run, from
+    ``first = n - floor(strength n)`` (``n`` = number of timesteps), and ``z_y`` is noised to
+    ``timesteps[first]`` by the scheduler's forward process ``q(z_t | z_y)``. ``strength = 0`` returns
+    ``(z_y, n)``: nothing to run.
+    """
+    n = len(ctx.timesteps)
+    first = n - min(int(strength * n), n)
+    z_y = ctx.measurement.z_y
+    if first == n:
+        return z_y.clone(), n
+    return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[first:first + 1]), first
+
+
+@GUIDANCE.register("seed")
+class Seed(Guidance):
+    """The seed experiment's loop, literally (``shared/docs/methods.md`` §2.3)::
+
+        z = z_y                                   # the clean target latent, not noised
+        for t in timesteps:
+            z_prev = scheduler.step(eps(z, t), t, z).prev_sample
+            z = z_prev + s (z_y - z_prev)         # pull the next (noisy) latent toward the clean target
+
+    ``on="prev_sample"`` (default) pulls ``prev_sample`` as above; ``on="denoised"`` is the other reading of
+    the seed's pseudo-code: pull ``pred_original_sample`` and feed that clean estimate to the next, lower
+    ``t`` without re-noising. ``s = 1`` returns ``z_y`` exactly (the VAE round trip); ``s = 0`` is plain
+    DDIM started from the clean latent at the top noise level. Not a posterior sampler: the UNet sees a
+    clean latent labelled as noise level ``t``. Run it with ``sampler.return_denoised: false`` to
+    decode the last ``prev_sample`` as the seed did (``configs/seed_experiment.yaml``).
     """
 
-    def __init__(self, start: str = "target", masked: bool = False):
+    def __init__(self, on: str = "prev_sample"):
+        super().__init__()
+        if on not in ("prev_sample", "denoised"):
+            raise ConfigError(f"seed.on must be 'prev_sample' or 'denoised', got {on!r}")
+        self.on = on
+
+    def validate(self, degradation, scheduler):
+        _require_ddim(scheduler, "seed")
+
+    def start(self, ctx):
+        return ctx.measurement.z_y.clone(), 0
+
+    def forward(self, step, ctx, scale):
+        base = step.z_prev if self.on == "prev_sample" else step.z0_hat
+        # lerp = base + s (z_y - base), exact at both ends (s = 1 gives z_y bit for bit: the VAE round trip).
+        return torch.lerp(base, ctx.measurement.z_y.to(base.dtype), scale)
+
+
+@GUIDANCE.register("latent_pull")
+class LatentPull(Guidance):
+    """The principled reading of the seed's rule: ``z0_hat <- z0_hat + s (z_y - z0_hat)`` with
+    ``z_y = E(M(y))``, then the DDIM step (the seed's literal loop is the ``seed`` method).
+
+    Equals DiffPIR's proximal step with ``A = I`` in latent space (``s = 1 / (1 + rho)``), so it pulls
+    toward the degraded latent, degradation included. ``start="noise"`` (default) starts from pure noise;
+    ``"target"`` starts from ``z_y`` noised to ``strength`` of the schedule (SDEdit's start, `noised_start`;
+    ``strength = 1`` is the top timestep, which keeps only ~2 % of ``z_y``). ``masked=True`` pulls only the
+    latent cells the degradation leaves reliable (the principled variant). With ``s = 1`` it returns ``z_y``.
+    """
+
+    def __init__(self, start: str = "noise", strength: float = 0.5, masked: bool = False):
         super().__init__()
         if start not in ("target", "noise"):
             raise ConfigError(f"latent_pull.start must be 'target' or 'noise', got {start!r}")
         self.start_from, self.masked = start, masked
+        self.strength = _strength(strength, "latent_pull.strength")
 
     def validate(self, degradation, scheduler):
         _require_ddim(scheduler, "latent_pull")
@@ -148,8 +208,7 @@ class LatentPull(Guidance):
     def start(self, ctx):
         if self.start_from == "noise":
             return super().start(ctx)
-        z_y = ctx.measurement.z_y
-        return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[:1]), 0
+        return noised_start(ctx, self.strength)
 
     def forward(self, step, ctx, scale):
         pull = ctx.measurement.z_y - step.z0_hat
@@ -160,22 +219,15 @@ class LatentPull(Guidance):
 
 @GUIDANCE.register("sdedit")
 class SDEdit(Guidance):
-    """SDEdit (Meng et al., arXiv 2108.01073): noise ``z_y`` to ``strength`` of the schedule, then the plain
-    reverse process. ``strength = 0`` returns ``z_y``; ``1`` starts from (almost) pure noise."""
+    """SDEdit (Meng et al., arXiv 2108.01073): noise ``z_y`` to ``strength`` of the schedule (`noised_start`),
+    then the plain reverse process. ``strength = 0`` returns ``z_y``; ``1`` starts from (almost) pure noise."""
 
     def __init__(self, strength: float = 0.5):
         super().__init__()
-        if not (isinstance(strength, (int, float)) and 0 <= strength <= 1):
-            raise ConfigError(f"sdedit.strength must be in [0, 1], got {strength!r}")
-        self.strength = float(strength)
+        self.strength = _strength(strength, "sdedit.strength")
 
     def start(self, ctx):
-        n = len(ctx.timesteps)
-        first = n - int(round(self.strength * n))
-        z_y = ctx.measurement.z_y
-        if first == n:
-            return z_y.clone(), n
-        return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[first:first + 1]), first
+        return noised_start(ctx, self.strength)
 
 
 @GUIDANCE.register("inpaint")

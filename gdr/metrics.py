@@ -1,31 +1,38 @@
 """Metrics that mean something after a phase-free vocoder, as functions and torchmetrics classes.
 
-Definitions (``shared/docs/methods.md`` §4):
+Definitions (``shared/docs/methods.md`` §4); each is tested against the independent reference named
+in brackets (``tests/test_metrics.py``):
 
 * ``logmel_l1``: mean |M(x_hat) - M(x)| of AudioLDM2's own log-mel (natural log, floor 1e-5),
   both signals trimmed to the same length: exactly the representation the VAE sees.
+  [numpy/librosa re-implementation of AudioLDM2's front end, ``tests/test_frontend.py``]
 * ``lsd``: log-spectral distance as in the ssr_eval toolkit (NVSR/AudioSR papers):
   ``S = |STFT(x)|``, ``S_hat = |STFT(x_hat)|`` with ``n_fft = int(2048 sr / 44100)`` (743 at
   16 kHz), hop ``sr / 100``, Hann window, centred (reflect) frames;
   ``LSD = mean_t sqrt(mean_f (log10((S + 1e-12)^2 / (S_hat + 1e-12)^2))^2)``. The toolkit writes
   ``log10(S^2 / (S_hat + eps)^2 + eps)``, which scores two identical digitally silent frames as 12;
   gdr puts the epsilon on both sides, identical elsewhere (where S >> 1e-12). ``lsd_high``
-  restricts the mean over f to bins at or above ``cutoff_hz`` (default 4 kHz).
-* ``mrstft``: multi-resolution STFT distance (Parallel WaveGAN / auraloss defaults): mean over
-  (1024, 120, 600), (2048, 240, 1200), (512, 50, 240) of spectral convergence + mean |log S - log S_hat|.
+  restricts the mean over f to bins at or above ``cutoff_hz`` (default 4 kHz). [librosa.stft + numpy]
+* ``mrstft``: auraloss's own ``MultiResolutionSTFTLoss()`` with its defaults (Parallel WaveGAN
+  resolutions ``MRSTFT_RESOLUTIONS``: FFT sizes 1024, 2048, 512, hops 120, 240, 50, Hann windows of
+  600, 1200, 240 samples; centred reflect-padded frames; ``|S| = sqrt(max(|STFT|^2, 1e-8))``, so the
+  magnitude floor is 1e-4), called once per item: the mean over resolutions of spectral convergence
+  ``||S - S_hat||_F / ||S||_F`` plus mean ``|log S - log S_hat|``. Dimensionless. [auraloss itself]
 
 * ``si_sdr`` (zero-mean, Le Roux et al.) and ``snr`` come from torchmetrics. They compare waveforms
   sample by sample, so they mean something only where the output keeps the input's phase (the
   degraded input and the DSP baselines); after a phase-free vocoder they are low for any method. The
-  evaluation computes them everywhere but flags rows (``phase_coherent``) and the report and verdicts
-  use them only on flagged rows.
+  evaluation leaves them blank for rows that are not ``phase_coherent`` (metrics.csv: empty string;
+  report tables: "—"), and statistics skip them. [numpy formulas]
 
 All take ``pred`` and ``target`` ``(B, N)`` waveforms at 16 kHz and return ``(B,)`` values.
 Lower is better except for ``si_sdr`` and ``snr`` (`HIGHER_IS_BETTER`). Outputs are aligned to the
-reference first (`align`: integer lag, then the reference's length).
+reference first (`align`: integer lag, polarity kept, then the reference's length).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torchmetrics import Metric
@@ -34,6 +41,8 @@ from torchmetrics.functional.audio import scale_invariant_signal_distortion_rati
 from gdr.audio import SAMPLE_RATE, log_mel
 
 LSD_EPS = 1e-12
+# (n_fft, hop, window) per resolution: auraloss.freq.MultiResolutionSTFTLoss's defaults, passed explicitly
+# so that a change of auraloss's defaults cannot silently change the metric (the tests check they agree).
 MRSTFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 
 
@@ -48,14 +57,18 @@ def _magnitude(x: torch.Tensor, n_fft: int, hop: int, win: int) -> torch.Tensor:
 
 
 def logmel_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute log-mel difference per item. ``(B, N)`` each -> ``(B,)``."""
+    """Mean absolute difference of AudioLDM2 log-mels (`gdr.audio.log_mel`, natural log) per item.
+    ``(B, N)`` each -> ``(B,)`` in nepers. Tested against a numpy/librosa re-implementation of AudioLDM2's
+    front end (``tests/test_frontend.py::reference_log_mel``)."""
     pred, target = _trim(pred, target)
     return (log_mel(pred) - log_mel(target)).abs().mean(dim=(1, 2, 3))
 
 
 def lsd(pred: torch.Tensor, target: torch.Tensor, *, sample_rate: int = SAMPLE_RATE,
         min_hz: float = 0.0) -> torch.Tensor:
-    """Log-spectral distance per item (ssr_eval definition; bins >= `min_hz` only). ``(B, N)`` -> ``(B,)``."""
+    """Log-spectral distance per item (ssr_eval definition, see the module docstring; bins >= `min_hz`
+    only). ``(B, N)`` each -> ``(B,)``, in log10 units of power (bels). Tested against ``librosa.stft`` and
+    the formula in numpy."""
     pred, target = _trim(pred, target)
     n_fft, hop = int(2048 * sample_rate / 44100), int(sample_rate / 100)
     s, s_hat = _magnitude(target, n_fft, hop, n_fft), _magnitude(pred, n_fft, hop, n_fft)  # (B, F, T)
@@ -65,16 +78,27 @@ def lsd(pred: torch.Tensor, target: torch.Tensor, *, sample_rate: int = SAMPLE_R
     return torch.sqrt((log_ratio**2).mean(dim=1)).mean(dim=1)
 
 
-def mrstft(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Multi-resolution STFT distance per item. ``(B, N)`` each -> ``(B,)``."""
+@functools.lru_cache(maxsize=1)
+def _mrstft_loss():
+    # Imported here: auraloss is needed only when the metric is computed.
+    from auraloss.freq import MultiResolutionSTFTLoss
+
+    fft_sizes, hop_sizes, win_lengths = (list(v) for v in zip(*MRSTFT_RESOLUTIONS))
+    return MultiResolutionSTFTLoss(fft_sizes=fft_sizes, hop_sizes=hop_sizes, win_lengths=win_lengths)
+
+
+def mrstft(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT distance per item: auraloss's ``MultiResolutionSTFTLoss()`` (see the module
+    docstring), both signals trimmed to the same length. ``(B, N)`` each -> ``(B,)``, dimensionless, in the
+    dtype of the inputs. Differentiable (it is auraloss's training loss).
+
+    auraloss reduces over the whole batch (its spectral convergence is one Frobenius norm over all items,
+    and ``reduction="none"`` does not make it per item), so it is called once per item on ``(1, 1, N)``.
+    Tested against ``auraloss.freq.MultiResolutionSTFTLoss()`` called directly.
+    """
     pred, target = _trim(pred, target)
-    total = torch.zeros(pred.shape[0], dtype=pred.dtype, device=pred.device)
-    for n_fft, hop, win in MRSTFT_RESOLUTIONS:
-        s, s_hat = _magnitude(target, n_fft, hop, win), _magnitude(pred, n_fft, hop, win)
-        sc = torch.linalg.vector_norm(s - s_hat, dim=(1, 2)) / torch.linalg.vector_norm(s, dim=(1, 2)).clamp_min(eps)
-        mag = (torch.log(s.clamp_min(eps)) - torch.log(s_hat.clamp_min(eps))).abs().mean(dim=(1, 2))
-        total = total + sc + mag
-    return total / len(MRSTFT_RESOLUTIONS)
+    loss = _mrstft_loss()
+    return torch.stack([loss(p.reshape(1, 1, -1), t.reshape(1, 1, -1)) for p, t in zip(pred, target)])
 
 
 class _MeanOverItems(Metric):
@@ -119,33 +143,42 @@ class LogSpectralDistance(_MeanOverItems):
 
 
 class MultiResolutionSTFT(_MeanOverItems):
-    """`mrstft` averaged over items."""
+    """`mrstft` (auraloss's ``MultiResolutionSTFTLoss``, per item) averaged over items."""
 
     distance = staticmethod(mrstft)
 
 
 def si_sdr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Zero-mean SI-SDR in dB per item (torchmetrics). ``(B, N)`` each -> ``(B,)``."""
+    """Zero-mean SI-SDR in dB per item (torchmetrics' ``scale_invariant_signal_distortion_ratio``).
+    ``(B, N)`` each -> ``(B,)``. Tested against the formula in numpy. Meaningless for phase-free outputs."""
     pred, target = _trim(pred, target)
     return scale_invariant_signal_distortion_ratio(pred, target, zero_mean=True)
 
 
 def snr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SNR in dB per item (torchmetrics): ``10 log10(|x|^2 / |x - x_hat|^2)``. ``(B, N)`` each -> ``(B,)``."""
+    """SNR in dB per item (torchmetrics' ``signal_noise_ratio``): ``10 log10(|x|^2 / |x - x_hat|^2)``.
+    ``(B, N)`` each -> ``(B,)``. Tested against the formula in numpy. Meaningless for phase-free outputs."""
     pred, target = _trim(pred, target)
     return signal_noise_ratio(pred, target)
 
 
 def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr: float = 0.2) -> torch.Tensor:
-    """Shift ``pred`` ``(N',)`` by the integer lag in ``[-max_lag, max_lag]`` that maximises its normalised
-    cross-correlation with ``target`` ``(N,)`` (only if that peak exceeds `min_corr`: a phase-free output
-    has no reliable peak), then trim or zero-pad it to ``N``."""
+    """Shift ``pred`` ``(N',)`` by an integer lag, then trim or zero-pad it to the length ``N`` of ``target`` ``(N,)``.
+
+    Rule: the lag in ``[-max_lag, max_lag]`` that maximises the *absolute* normalised cross-correlation
+    ``|sum_n target[n + lag] pred[n]| / (|pred| |target|)``; it is applied only if that peak exceeds
+    `min_corr` (a phase-free output has no reliable peak and keeps lag 0). The absolute value makes the
+    rule polarity-safe: for an inverted copy the signed correlation is most negative at the true lag,
+    and its largest positive value sits at a wrong lag (half a period away for tonal audio). The sign is
+    never flipped: an inverted output stays inverted, so waveform metrics see it (SNR of ``-x`` against
+    ``x`` is -6 dB, not perfect). Returns ``(N,)`` in the dtype of `pred`.
+    """
     n = target.shape[-1]
     p, t = pred.double(), target.double()
     size = 1 << (p.shape[-1] + n).bit_length()
     corr = torch.fft.irfft(torch.fft.rfft(t, size) * torch.fft.rfft(p, size).conj(), size)
     lags = torch.cat([torch.arange(0, max_lag + 1), torch.arange(-max_lag, 0)])
-    values = corr[lags % size] / (p.norm() * t.norm()).clamp_min(1e-12)
+    values = corr[lags % size].abs() / (p.norm() * t.norm()).clamp_min(1e-12)
     best = int(values.argmax())
     lag = int(lags[best]) if values[best] > min_corr else 0
     shifted = torch.roll(torch.nn.functional.pad(pred, (max_lag, max_lag)), lag)[max_lag:max_lag + pred.shape[-1]]
@@ -162,4 +195,5 @@ PER_ITEM = {
     "snr": snr,
 }
 HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True}
+# Waveform metrics: blank ("") in metrics.csv and "—" in the report for rows that are not phase-coherent.
 PHASE_METRICS = ("si_sdr", "snr")

@@ -20,11 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from gdr.atomic import atomic_path, write_text
-from gdr.stats import Comparison, best_baseline, compare
+from gdr.metrics import PHASE_METRICS
+from gdr.stats import Comparison, best_baseline, compare, metric_value
 
 PRIMARY = "lsd"
 SPECTRAL = ("logmel_l1", "lsd", "lsd_high", "mrstft")
 REFERENCE = "vae_roundtrip"
+WAVEFORM = PHASE_METRICS  # ("si_sdr", "snr"): the table's last metric columns
+# What a table shows instead of a waveform metric of a phase-free output (metrics.csv holds "").
+NOT_MEANINGFUL = "—"
 # Above this much audio, report.html links the wavs instead of embedding them (it stays openable).
 EMBED_LIMIT = 64 * 2**20
 NON_DIFFUSION = ("degraded", "vocoder_roundtrip", "vae_roundtrip", "spectral_subtraction", "lowband_replacement",
@@ -115,7 +119,8 @@ def strength_curves(rows: list[dict], metric: str = PRIMARY) -> bytes | None:
     series = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["kind"] == "method" and r["scale"] != "":
-            series[(r["task"], r["guidance"])][float(r["scale"])].append(float(r[metric]))
+            if (value := metric_value(r, metric)) is not None:
+                series[(r["task"], r["guidance"])][float(r["scale"])].append(value)
     if not any(len(v) > 1 for v in series.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -172,25 +177,34 @@ def environment() -> dict:
 
 
 def summary_table(rows: list[dict]) -> list[tuple]:
-    """(task, method, n, mean +- sd per metric) in first-appearance order."""
+    """(task, method, n, mean +- sd per metric) in first-appearance order, as text.
+
+    SI-SDR and SNR cells are `NOT_MEANINGFUL` unless every row of the group is phase-coherent
+    (`gdr.stats.metric_value`): a waveform metric after the phase-free vocoder is no score.
+    """
     groups = defaultdict(list)
     for r in rows:
         groups[(r["task"], r["method"])].append(r)
     table = []
     for (task, method), rs in groups.items():
         cells = []
-        for metric in (*SPECTRAL, "si_sdr", "snr"):
-            values = np.array([float(r[metric]) for r in rs])
-            phase = all(str(r["phase_coherent"]) == "True" for r in rs)
-            text = f"{values.mean():.3f} +- {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}"
-            cells.append(text if metric in SPECTRAL or phase else f"({text})")
+        for metric in (*SPECTRAL, *WAVEFORM):
+            found = [metric_value(r, metric) for r in rs]
+            if any(v is None for v in found):
+                cells.append(NOT_MEANINGFUL)
+                continue
+            values = np.array(found)
+            cells.append(f"{values.mean():.3f} +- {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}")
         wall = np.mean([float(r["wall_s"]) for r in rs])
         peak = max(float(r["peak_mem_mb"]) for r in rs)
         table.append((task, method, len(rs), *cells, f"{wall:.2f}", f"{peak:.0f}"))
     return table
 
 
-HEADER = ("task", "method", "n", "logmel_l1", "lsd", "lsd_high", "mrstft", "si_sdr", "snr", "wall_s", "peak_MiB")
+HEADER = ("task", "method", "n", *SPECTRAL, *WAVEFORM, "wall_s", "peak_MiB")
+WAVEFORM_NOTE = (f"SI-SDR and SNR are shown only for phase-coherent outputs (the degraded input and the DSP "
+                 f"baselines); {NOT_MEANINGFUL} marks outputs that went through the phase-free vocoder, for which "
+                 "waveform metrics are not meaningful (metrics.csv leaves them blank).")
 
 
 def verdict_lines(comps: list[Comparison], random_weights: bool) -> dict[str, list[str]]:
@@ -237,8 +251,7 @@ def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: st
     md += [f"| {c.task} | {c.metric} | {c.method} | {c.reference} | {c.mean:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
            f"{c.clips} x {c.seeds} |" for c in comps]
     md += ["", "## Means per task and method", "",
-           "SI-SDR and SNR in parentheses: the output went through the phase-free vocoder, so waveform metrics "
-           "are not meaningful for it. `oracle_vae_roundtrip` is computed from the clean input (a ceiling).", "",
+           f"{WAVEFORM_NOTE} `oracle_vae_roundtrip` is computed from the clean input (a ceiling).", "",
            "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(map(str, row)) + " |" for row in table]
     if plan.skipped:
@@ -277,7 +290,8 @@ def render_html(out_dir, rows, plan, table, verdicts, comps, plots, env, cfg_yam
              "<h2>Verdicts</h2>"]
     for task, lines in verdicts.items():
         parts.append(f"<h3>{esc(task)}</h3><ul>" + "".join(f"<li>{esc(l)}</li>" for l in lines) + "</ul>")
-    parts.append("<h2>Means per task and method</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + "</tr>")
+    parts.append(f"<h2>Means per task and method</h2><p>{esc(WAVEFORM_NOTE)}</p><table><tr>"
+                 + "".join(f"<th>{h}</th>" for h in HEADER) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in table]
     parts.append("</table><h2>Comparisons</h2><table><tr><th>task</th><th>metric</th><th>method</th>"
                  "<th>reference</th><th>improvement</th><th>CI</th></tr>")
@@ -324,7 +338,8 @@ def log_wandb(out_dir: Path, rows: list[dict], plots: dict[str, bytes], cfg_yaml
     columns = [k for k in rows[0] if k != "wav"] + ["audio"]
     table = wandb.Table(columns=columns)
     for r in rows:  # metrics as numbers; the rest (mixed "" / numbers) as text so column types stay fixed
-        values = [float(r[k]) if k in PER_ITEM else str(r[k]) for k in columns[:-1]]
+        # A waveform metric of a phase-free output is missing (None), never a number.
+        values = [metric_value(r, k) if k in PER_ITEM else str(r[k]) for k in columns[:-1]]
         table.add_data(*values, wandb.Audio(str(out_dir / r["wav"]), sample_rate=16000))
     images = {}
     for name, png in plots.items():

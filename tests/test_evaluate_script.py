@@ -190,3 +190,29 @@ def test_help_lists_methods_and_degradations():
 def test_bad_recipes_fail_in_one_line_before_work(tmp_path, tiny_dir, capsys, args, needle):
     out = tmp_path / "out"
     _assert_one_line_failure(run_in_process([*SMOKE, *args, "--output_dir", str(out)], capsys), out, needle)
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_filesystem", "read_only_folder"])
+def test_unwritable_output_folder_fails_in_one_line_before_work(tmp_path, tiny_dir, capsys, where, monkeypatch):
+    """Root ignores permission bits, so a read-only folder is also simulated by a failing probe; a path under a
+    regular file and one on /proc (a read-only file system) fail for real whoever runs the tests."""
+    import tempfile
+
+    if where == "under_a_file":
+        (tmp_path / "a_file").write_text("x")
+        out = tmp_path / "a_file" / "out"
+    elif where == "read_only_filesystem":
+        out = __import__("pathlib").Path("/proc/gdr-output")
+    else:
+        out = tmp_path / "ro"
+        out.mkdir(mode=0o555)
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    proc = run_in_process([*SMOKE, "--output_dir", str(out)], capsys)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "output_dir" in proc.stderr and ("not writable" in proc.stderr or "is a file" in proc.stderr)
+    if where == "read_only_folder":
+        assert list(out.iterdir()) == []

@@ -11,7 +11,9 @@ from gdr.audio import log_mel, normalize_loudness, prepare_waveform
 
 
 def reference_log_mel(x: np.ndarray) -> np.ndarray:
-    """(N,) float64 -> (N // 160, 64): reflect pad 512, periodic Hann 1024, |rfft|, Slaney mel, ln clamp 1e-5."""
+    """(N,) float64 -> (N // 160, 64): clip to [-1, 1], reflect pad 512, periodic Hann 1024, |rfft|, Slaney mel,
+    ln clamp 1e-5."""
+    x = np.clip(x, -1.0, 1.0)  # AudioLDM2's get_mel_from_wav: torch.clip(audio, -1, 1)
     padded = np.pad(x, 512, mode="reflect")
     frames = librosa.util.frame(padded, frame_length=1024, hop_length=160)  # (1024, 1 + N // 160)
     window = scipy.signal.get_window("hann", 1024, fftbins=True)
@@ -59,6 +61,33 @@ def test_log_mel_is_batched_and_differentiable():
     mel.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     torch.testing.assert_close(mel[1:2], log_mel(x[1:2].detach()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_mel_clips_beyond_full_scale_like_audioldm2(dtype):
+    rng = np.random.default_rng(3)
+    t = np.arange(4000) / 16000
+    x = torch.as_tensor(1.6 * np.sin(2 * np.pi * 300 * t) + 0.2 * rng.standard_normal(4000), dtype=dtype)[None]
+    assert (x.abs() > 1).float().mean() > 0.2
+    torch.testing.assert_close(log_mel(x), log_mel(x.clamp(-1, 1)), rtol=0, atol=0)
+
+
+def test_log_mel_gradient_is_untouched_inside_full_scale_and_zero_beyond():
+    rng = np.random.default_rng(4)
+    x = torch.as_tensor(0.3 * rng.standard_normal(2000))[None]
+    x[0, 100:140] = 1.5  # clipped samples
+    weights = torch.as_tensor(rng.standard_normal(log_mel(x).shape))
+    x.requires_grad_(True)
+    (log_mel(x) * weights).sum().backward()
+    assert torch.equal(x.grad[0, 100:140], torch.zeros(40, dtype=x.dtype))
+    # Inside [-1, 1] the analytic gradient is the true one: compare a directional derivative with central
+    # differences along a direction that leaves the clipped samples alone.
+    direction = torch.as_tensor(rng.standard_normal(2000))[None]
+    direction[0, 100:140] = 0.0
+    h = 1e-6
+    with torch.no_grad():
+        numeric = ((log_mel(x + h * direction) - log_mel(x - h * direction)) * weights).sum() / (2 * h)
+    assert (x.grad * direction).sum().item() == pytest.approx(numeric.item(), rel=1e-5)
 
 
 def test_loudness_normalisation_is_audioldm2s_normalize_wav():

@@ -1,8 +1,15 @@
-"""Every metric against an independent numpy/librosa computation, the torchmetrics classes, alignment."""
+"""Every metric against its reference (numpy/librosa, auraloss), the torchmetrics classes, alignment, and
+waveform metrics of phase-free outputs left blank from metrics.csv to the report."""
 
+import csv
+import json
+from types import SimpleNamespace
+
+import auraloss
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 
 from gdr import metrics
@@ -40,16 +47,62 @@ def test_lsd_matches_librosa_reference():
     assert metrics.lsd(_t(x), _t(x)).item() == 0.0
 
 
-def test_mrstft_matches_librosa_reference():
+def _lowpassed_noise(n, seed, cutoff_hz=2000.0):
+    sos = scipy.signal.butter(8, cutoff_hz, fs=16000, output="sos")
+    return scipy.signal.sosfiltfilt(sos, 0.3 * np.random.default_rng(seed).standard_normal(n)).copy()
+
+
+def _mrstft_cases():
+    """(pred, target) float64 pairs, including the band-limited and digitally silent cases where a
+    magnitude floor other than auraloss's changes the value."""
     x, y = _pair()
-    total = 0.0
-    for n_fft, hop, win in metrics.MRSTFT_RESOLUTIONS:
-        kw = dict(n_fft=n_fft, hop_length=hop, win_length=win, window="hann", center=True, pad_mode="reflect")
-        s, s_hat = np.abs(librosa.stft(x, **kw)), np.abs(librosa.stft(y, **kw))
-        sc = np.linalg.norm(s - s_hat) / np.linalg.norm(s)
-        mag = np.mean(np.abs(np.log(np.maximum(s, 1e-7)) - np.log(np.maximum(s_hat, 1e-7))))
-        total += sc + mag
-    assert metrics.mrstft(_t(y), _t(x)).item() == pytest.approx(total / 3, rel=1e-6)
+    t = np.arange(16000) / 16000
+    tone = 0.4 * np.sin(2 * np.pi * 440 * t)
+    gapped, other = tone.copy(), tone + 0.01 * np.random.default_rng(3).standard_normal(16000)
+    gapped[5000:11000] = 0.0  # exact digital silence
+    return {
+        "ordinary": (y, x),
+        "lowpassed_noise": (_lowpassed_noise(16000, 1), _lowpassed_noise(16000, 2)),
+        "digital_silence": (other, gapped),
+        "silence_in_pred": (gapped, other),
+        "identical": (x, x),
+        "unequal_lengths": (y[:15000], x),
+    }
+
+
+def test_mrstft_resolutions_are_auraloss_defaults():
+    default = auraloss.freq.MultiResolutionSTFTLoss()
+    assert tuple(zip(default.fft_sizes, default.hop_sizes, default.win_lengths)) == metrics.MRSTFT_RESOLUTIONS
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mrstft_is_auraloss_item_by_item(dtype):
+    cases = _mrstft_cases()
+    # The band-limited and silent targets do have STFT magnitudes under auraloss's 1e-4 floor.
+    for name in ("lowpassed_noise", "digital_silence"):
+        s = np.abs(librosa.stft(cases[name][1], n_fft=2048, hop_length=240, win_length=1200))
+        assert (s < 1e-4).mean() > 0.05, name
+    n = 15000  # one batch: gdr trims every pair to a common length; auraloss gets the same samples
+    preds = torch.stack([torch.as_tensor(p[:n], dtype=dtype) for p, _ in cases.values()])
+    targets = torch.stack([torch.as_tensor(t[:n], dtype=dtype) for _, t in cases.values()])
+    ours = metrics.mrstft(preds, targets)
+    assert ours.shape == (len(cases),) and ours.dtype == dtype
+    reference = auraloss.freq.MultiResolutionSTFTLoss()
+    for i, name in enumerate(cases):
+        expected = reference(preds[i].reshape(1, 1, -1), targets[i].reshape(1, 1, -1)).item()
+        assert ours[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-5), name
+    assert ours[list(cases).index("identical")].item() == 0.0
+    # Unequal lengths are trimmed to the shorter one.
+    pred, target = cases["unequal_lengths"]
+    expected = reference(_t(pred)[None], _t(target[:15000])[None]).item()
+    assert metrics.mrstft(_t(pred), _t(target)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mrstft_is_differentiable():
+    x, y = _pair(4000)
+    pred = torch.tensor(np.stack([y, 0.5 * y]), dtype=torch.float32, requires_grad=True)
+    metrics.mrstft(pred, torch.tensor(np.stack([x, x]), dtype=torch.float32)).sum().backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
 
 
 def test_si_sdr_and_snr_match_numpy():
@@ -93,3 +146,84 @@ def test_align_leaves_incoherent_outputs_and_fixes_length():
     x, other = torch.from_numpy(rng.standard_normal(8000)), torch.from_numpy(rng.standard_normal(8032))
     aligned = metrics.align(other, x)
     assert aligned.shape == x.shape and torch.equal(aligned, other[:8000])
+
+
+def _tonal(n=8000, seed=4):
+    """A harmonic tone plus a little noise: its autocorrelation has strong positive and negative peaks
+    (period 72.7 samples), so a signed correlation peak at the wrong lag is easy to find."""
+    t = np.arange(n) / 16000
+    noise = 0.02 * np.random.default_rng(seed).standard_normal(n)
+    return torch.from_numpy(0.5 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 440 * t + 1.0) + noise)
+
+
+def test_align_keeps_an_inverted_copy_in_place_and_inverted():
+    x = _tonal()
+    aligned = metrics.align(-x, x)
+    assert torch.equal(aligned, -x)  # lag 0, polarity kept
+    # Waveform metrics still see the inversion: SNR of -x against x is 10 log10(1/4) = -6 dB.
+    assert metrics.snr(aligned[None], x[None]).item() == pytest.approx(-6.0206, abs=1e-3)
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_align_recovers_the_delay_of_a_tonal_copy_of_either_polarity(sign):
+    x = _tonal()
+    aligned = metrics.align(sign * torch.roll(x, 37), x)
+    core = slice(800, 7200)
+    torch.testing.assert_close(aligned[core], sign * x[core])
+
+
+def test_align_leaves_a_phase_free_output_at_lag_zero():
+    # Same magnitude spectrum as a broadband reference, random phases: a phase-free vocoder at best. (For a
+    # steady tone a phase shift is a delay, so there a phase-free output can correlate; not tested here.)
+    x = torch.from_numpy(_lowpassed_noise(8000, 6, cutoff_hz=4000.0))
+    spectrum = np.fft.rfft(x.numpy())
+    phases = np.exp(2j * np.pi * np.random.default_rng(5).random(spectrum.shape))
+    phase_free = torch.from_numpy(np.fft.irfft(np.abs(spectrum) * phases, n=len(x)))
+    assert torch.equal(metrics.align(phase_free, x), phase_free)
+
+
+# ------------------------------------------------- waveform metrics of phase-free outputs: blank everywhere
+def _finish(tmp_path, method, phase, out):
+    """One row as `EvaluationRunner.finish` writes it (its record on disk), without a model."""
+    from gdr.evaluate import EvaluationRunner
+    from gdr.sweep import Item
+
+    x = _tonal(16000)
+    item = Item(kind="baseline", clip="c", clip_hash="h", task="t", method=method,
+                recipe={"degradation": {"name": "identity"}})
+    runner = SimpleNamespace(plan=SimpleNamespace(clips={"c": SimpleNamespace(waveform=x.float())}), out_dir=tmp_path,
+                             wav_path=lambda it: tmp_path / f"{it.method}.wav",
+                             record_path=lambda it: tmp_path / f"{it.method}.json")
+    EvaluationRunner.finish(runner, item, out(x).float(), phase, 0.5, 10.0)
+    record = json.loads((tmp_path / f"{method}.json").read_text())
+    return {**record["row"], "wav": record["wav"]}
+
+
+def test_phase_free_rows_have_no_waveform_metrics_in_csv_and_report(tmp_path):
+    from gdr.evaluate import write_csv
+    from gdr.report import HEADER, NOT_MEANINGFUL, render_html, summary_table
+    from gdr.stats import best_baseline, compare
+
+    rows = [_finish(tmp_path, "degraded", True, lambda x: x + 0.05 * torch.randn(len(x), dtype=x.dtype)),
+            _finish(tmp_path, "vocoder_roundtrip", False, lambda x: x.roll(100))]
+    assert rows[1]["si_sdr"] == rows[1]["snr"] == "" and rows[1]["lsd"] != ""
+    write_csv(tmp_path / "metrics.csv", rows)
+    read = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert read[1]["si_sdr"] == read[1]["snr"] == "" and float(read[0]["snr"]) > 10
+    # A record written before waveform metrics were blanked still holds numbers: the report hides them too.
+    stale = {**read[1], "method": "old_vocoder_roundtrip", "si_sdr": "-30.0", "snr": "-3.0"}
+    table = summary_table([*read, stale])
+    columns = {name: HEADER.index(name) for name in ("lsd", "si_sdr", "snr")}
+    by_method = {row[1]: row for row in table}
+    for method in ("vocoder_roundtrip", "old_vocoder_roundtrip"):
+        assert by_method[method][columns["si_sdr"]] == by_method[method][columns["snr"]] == NOT_MEANINGFUL
+        assert float(by_method[method][columns["lsd"]]) >= 0
+    assert float(by_method["degraded"][columns["snr"]]) == pytest.approx(float(read[0]["snr"]), abs=1e-3)
+    page = render_html(tmp_path, read, SimpleNamespace(random_weights=False, clips=[], skipped=[]), table, {}, [],
+                       {}, {"machine": "m", "versions": {}}, "", "", False)
+    cells = page.split("<td>vocoder_roundtrip</td>")[1].split("</tr>")[0]
+    assert f"<td>{NOT_MEANINGFUL}</td><td>{NOT_MEANINGFUL}</td>" in cells
+    # Statistics never use them either.
+    assert best_baseline([*read, stale], "t", "snr", ["vocoder_roundtrip", "old_vocoder_roundtrip", "degraded"]) \
+        == "degraded"
+    assert compare([*read, stale], "t", "snr", "old_vocoder_roundtrip", "degraded", n_boot=10) is None

@@ -55,6 +55,84 @@ def test_latent_pull_with_full_strength_returns_the_target_latent(tiny_model, st
     torch.testing.assert_close(z, measurement.z_y, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["latent_pull", "sdedit"])
+@pytest.mark.parametrize("strength, first", [(0.5, 3), (0.25, 5), (0.45, 4), (1.0, 0)])
+def test_noised_target_start_is_z_y_noised_to_the_chosen_strength(tiny_model, method, strength, first):
+    """6 steps: floor(6 strength) steps run (diffusers' img2img rule, not round), from q(z_t | z_y) there."""
+    from gdr.guidance import Context
+
+    y = _clip()
+    measurement = DecoderMeasurement(tiny_model, build_degradation("identity"), y)
+    scheduler = GuidedReconstructor(tiny_model, build_degradation("identity"), build_guidance("none"),
+                                    build_schedule(1.0)).scheduler
+    scheduler.set_timesteps(6)
+    ctx = Context(measurement, scheduler, scheduler.timesteps, torch.Generator().manual_seed(5))
+    params = {"start": "target", "strength": strength} if method == "latent_pull" else {"strength": strength}
+    z, index = build_guidance(method, params).start(ctx)
+    assert index == first
+    a = float(scheduler.alphas_cumprod[int(scheduler.timesteps[first])])
+    noise = torch.randn(measurement.z_y.shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(z, a**0.5 * measurement.z_y + (1 - a) ** 0.5 * noise)
+
+
+def _seed_loop(model, z_y, s, steps, on="prev_sample"):
+    """The seed document's loop written out with diffusers' scheduler (methods.md §2.3)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(steps)
+    z = z_y.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = scheduler.step(model.eps(z, t), t, z)
+            base = out.prev_sample if on == "prev_sample" else out.pred_original_sample
+            z = base + s * (z_y - base)
+    return z
+
+
+@pytest.mark.parametrize("on", ["prev_sample", "denoised"])
+@pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
+def test_seed_method_is_the_seed_documents_loop(tiny_model, on, s):
+    y = _clip()
+    guidance = build_guidance("seed", {"on": on})
+    measurement = DecoderMeasurement(tiny_model, build_degradation("identity"), y)
+    with torch.no_grad():
+        ours = sample(tiny_model.eps, tiny_model.scheduler, guidance, build_schedule(s), measurement, steps=5,
+                      return_denoised=False)
+    reference = _seed_loop(tiny_model, measurement.z_y, s, 5, on)
+    # gdr pulls with torch.lerp (exact at s = 0 and 1); the seed's a + s (b - a) differs by float rounding.
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    if s == 1.0:  # the VAE round trip exactly
+        assert torch.equal(ours, measurement.z_y)
+
+
+def test_seed_at_full_strength_gives_the_vae_round_trip_waveform(tiny_model):
+    from gdr.baselines import BASELINES
+
+    y = _clip()
+    module = GuidedReconstructor(tiny_model, build_degradation("identity"), build_guidance("seed"),
+                                 build_schedule(1.0), steps=4, return_denoised=False)
+    out = module.reconstruct(y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = BASELINES["vae_roundtrip"].fn(tiny_model, y, build_degradation("identity"))
+    assert torch.equal(out, expected.float())
+
+
+def test_seed_at_zero_strength_is_plain_ddim_from_the_clean_latent(tiny_model, pipe):
+    """s = 0: nothing is pulled; the result is diffusers' own pipeline loop started at ``latents = z_y``."""
+    y = _clip()
+    measurement = DecoderMeasurement(tiny_model, build_degradation("identity"), y)
+    cond = tiny_model.null_condition
+    with torch.no_grad():
+        ours = sample(tiny_model.eps, tiny_model.scheduler, build_guidance("seed"), build_schedule(0.0), measurement,
+                      steps=5, return_denoised=False)
+    ref = pipe(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2,
+               latents=measurement.z_y.clone(), num_inference_steps=5, audio_length_in_s=y.shape[-1] / 16000,
+               guidance_scale=1.0, output_type="latent").audios
+    assert (ours - ref).abs().max() <= 1e-5
+    assert not torch.allclose(ours, measurement.z_y, atol=1e-3)
+
+
 def test_sdedit_at_strength_zero_returns_the_target_latent(tiny_model):
     z, measurement = _run(tiny_model, "sdedit", {"strength": 0.0}, build_degradation("identity"), _clip())
     assert torch.equal(z, measurement.z_y)
@@ -75,8 +153,9 @@ GAPS = {"name": "gaps", "length_ms": 60, "count": 2}
 # Gaussian oracle tests check the methods' maths. Latent-target methods (latent_pull, sdedit, inpaint)
 # act on the distance to z_y = E(M(y)) (on the reliable part of the latent where there is a mask): that
 # is what they must lower. Through a random VAE, z_y itself need not be closer to y than a free sample.
-LATENT_TARGET = ("latent_pull", "sdedit", "inpaint")
+LATENT_TARGET = ("seed", "latent_pull", "sdedit", "inpaint")
 CASES = [
+    ("seed", LOWPASS, ({}, 0.3), ({}, 0.7)),
     ("latent_pull", LOWPASS, ({"start": "noise"}, 0.5), ({"start": "noise"}, 1.0)),
     ("sdedit", LOWPASS, ({"strength": 0.3}, 1.0), ({"strength": 0.1}, 1.0)),
     ("inpaint", LOWPASS, ({}, 0.2), ({}, 1.0)),
