@@ -155,7 +155,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_dir):
            [(r["clip"], r["task"], r["method"], r["seed"]) for r in b]
     for ra, rb in zip(a, b):  # two processes run with other thread counts: equal up to float reduction order
         for metric in ("logmel_l1", "lsd", "lsd_high", "mrstft", "si_sdr", "snr"):
-            assert float(ra[metric]) == pytest.approx(float(rb[metric]), rel=1e-4, abs=1e-4)
+            assert (ra[metric] == "") == (rb[metric] == "")  # SNR/SI-SDR are blank for phase-free outputs
+            if ra[metric] != "":
+                assert float(ra[metric]) == pytest.approx(float(rb[metric]), rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.parametrize("grid, needle", [
