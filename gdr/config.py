@@ -65,6 +65,9 @@ class DataConfig:
 class ChunkConfig:
     """Long audio runs in chunks of ``seconds`` overlapping by at least ``overlap_seconds``.
 
+    Both are moved onto the model's grid (0.32 s for AudioLDM2: hop 160 x VAE 4 x UNet 8), so chunks see
+    the whole clip's mel frames and latent cells; the overlap is at most half a chunk (`gdr.chunking`).
+
     10.24 s is the length AudioLDM2 was trained on; ``batch_size`` chunks run through the model at once.
     """
 

@@ -42,7 +42,7 @@ from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
 from gdr.builders import is_random_weights
 from gdr.cli import quiet_lightning
-from gdr.chunking import process_in_chunks
+from gdr.chunking import chunk_layout, process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
 from gdr.errors import ConfigError
@@ -261,7 +261,7 @@ class EvaluationRunner(L.LightningModule):
             return baseline.fn(self.model, chunks[:, 0].to(device), degradation)[:, None].float().cpu()
 
         out = process_in_chunks(source[None], fn, chunk=self.chunk, overlap=self.overlap,
-                                batch_size=self.chunk_batch)[0]
+                                grid=self.model.samples_multiple, batch_size=self.chunk_batch)[0]
         return out, baseline.phase_coherent
 
     def predict_step(self, batch: list[int], batch_idx: int = 0) -> None:
@@ -358,6 +358,9 @@ def run(cfg, objects, parser) -> Path | None:
     accelerator = trainer_cfg.accelerator if trainer_cfg.accelerator != "auto" else device.type
     model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device)
     plan.random_weights = plan.random_weights or is_random_weights(model.source)
+    # The chunk length and overlap on this model's grid (a ConfigError here is still before any work).
+    chunk_layout(1, round(objects.chunk.seconds * SAMPLE_RATE), round(objects.chunk.overlap_seconds * SAMPLE_RATE),
+                 model.samples_multiple)
     runner = EvaluationRunner(model, plan, out_dir, objects.chunk)
     if int(os.environ.get("RANK", "0")) == 0:
         remove_stale_temporaries(out_dir, older_than=started)

@@ -127,7 +127,7 @@ class GuidedReconstructor(L.LightningModule):
             return out[:, None].expand(-1, chunks.shape[1], -1).cpu()
 
         return process_in_chunks(stacked, fn, chunk=self.chunk_samples, overlap=self.overlap_samples,
-                                 batch_size=self.chunk_batch)[0]
+                                 grid=self.model.samples_multiple, batch_size=self.chunk_batch)[0]
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict:
         """``batch``: ``{"name": [str], "y": (1, N), "seed": [int]}`` -> the same with ``"x_hat"`` ``(1, N)``."""

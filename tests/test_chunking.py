@@ -1,5 +1,5 @@
-"""Chunked processing: exact for pointwise maps, agrees with whole-clip processing away from seams,
-and the crossfade is continuous."""
+"""Chunked processing on the model's grid: exact for pointwise and local maps, no energy dip where
+incoherent chunks meet, continuous joins, and any input length."""
 
 import math
 
@@ -8,52 +8,64 @@ import pytest
 import torch
 
 from gdr.baselines import vae_roundtrip, vocoder_roundtrip
-from gdr.chunking import chunk_starts, crossfade_weight, process_in_chunks
+from gdr.chunking import chunk_layout, crossfade, process_in_chunks
 from gdr.errors import ConfigError
 
 
-@pytest.mark.parametrize("n", [999, 1000, 1001, 1900, 2500, 12345])
-def test_chunks_cover_the_signal_with_at_least_the_overlap(n):
-    starts = chunk_starts(n, 1000, 125)
-    assert starts[0] == 0 and min(s + 1000 for s in starts[-1:]) >= min(n, 1000)
-    assert all(b - a <= 1000 - 125 for a, b in zip(starts, starts[1:]))
-    y = process_in_chunks(torch.randn(2, n), lambda c: c * 3.0, chunk=1000, overlap=125)
+@pytest.mark.parametrize("n", [999, 1000, 1001, 1900, 2500, 12345, 98_191])
+@pytest.mark.parametrize("grid", [1, 64, 160])
+def test_chunks_lie_on_the_grid_cover_the_signal_and_overlap_pairwise(n, grid):
+    layout = chunk_layout(n, 1000, 125, grid)
+    y = process_in_chunks(torch.randn(2, n), lambda c: c * 3.0, chunk=1000, overlap=125, grid=grid)
     assert y.shape == (2, n)
+    if len(layout.starts) == 1:
+        assert layout.starts == (0,) and layout.length == n
+        return
+    assert layout.length % grid == 0 and layout.overlap % grid == 0 and layout.overlap >= 125
+    assert all(s % grid == 0 for s in layout.starts) and layout.starts[0] == 0
+    assert layout.starts[-1] < n <= layout.padded
+    hops = {b - a for a, b in zip(layout.starts, layout.starts[1:])}
+    assert hops == {layout.length - layout.overlap} and 2 * layout.overlap <= layout.length  # never 3 at once
 
 
 def test_pointwise_map_is_reproduced_exactly():
     x = torch.randn(1, 12345)
-    y = process_in_chunks(x, torch.tanh, chunk=1000, overlap=125, batch_size=4)
-    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-6)
+    for grid in (1, 64):
+        y = process_in_chunks(x, torch.tanh, chunk=1000, overlap=125, grid=grid, batch_size=4)
+        torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-6)
 
 
 def test_crossfade_is_continuous_between_disagreeing_chunks():
-    """Chunk k returns the constant k: the join must ramp smoothly from k to k + 1."""
+    """Chunk k returns the constant k + 1 (fully correlated): the join ramps monotonically from k + 1 to k + 2."""
     n, chunk, overlap = 5000, 1000, 200
     calls = iter(range(100))
-    y = process_in_chunks(torch.zeros(1, n), lambda c: torch.full_like(c, float(next(calls))), chunk=chunk,
+    y = process_in_chunks(torch.zeros(1, n), lambda c: torch.full_like(c, float(next(calls) + 1)), chunk=chunk,
                           overlap=overlap)[0].double()
-    starts = chunk_starts(n, chunk, overlap)
-    min_overlap = min(a + chunk - b for a, b in zip(starts, starts[1:]))
-    steps = (y[1:] - y[:-1]).abs()
-    # A sin^2 ramp over L samples has a maximum slope of pi / (2 L) per unit of jump.
-    assert steps.max() <= math.pi / (2 * min_overlap) * 1.01
-    assert y[0] == 0 and y[-1] == len(starts) - 1
-    assert bool((steps[(y[1:] - y[:-1]) < 0]).sum() == 0)  # monotone: no overshoot
+    layout = chunk_layout(n, chunk, overlap)
+    steps = y[1:] - y[:-1]
+    # Weights cos/(cos + sin) over L samples have a maximum slope of pi / (2 L) per unit of jump.
+    assert steps.abs().max() <= math.pi / (2 * layout.overlap) * 1.01
+    assert y[0] == 1 and y[-1] == len(layout.starts)
+    assert bool((steps >= -1e-12).all())  # monotone: no overshoot
 
 
-@pytest.mark.parametrize("n, chunk, overlap", [(5000, 1000, 200), (2300, 1000, 125), (1001, 1000, 100)])
-def test_crossfade_weights_sum_to_one(n, chunk, overlap):
-    starts = chunk_starts(n, chunk, overlap)
-    total = torch.zeros(n, dtype=torch.float64)
-    for k, s in enumerate(starts):
-        total[s:s + chunk] += crossfade_weight(starts, k, chunk)
-    torch.testing.assert_close(total, torch.ones_like(total))
+def test_crossfade_keeps_identical_signals_and_the_power_of_independent_ones():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 4000, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(crossfade(a, a), a, rtol=1e-12, atol=1e-12)
+    # Independent equal-power signals: the expected power of the join is constant (no 3 dB dip mid-way).
+    a = torch.randn(400, 4000, generator=gen, dtype=torch.float64)
+    b = torch.randn(400, 4000, generator=gen, dtype=torch.float64)
+    power = crossfade(a, b).pow(2).mean(0)  # (4000,) average over 400 independent pairs
+    centre = power[1800:2200].mean()
+    assert abs(10 * math.log10(centre)) < 0.1 and abs(10 * math.log10(power.mean())) < 0.1
 
 
 def test_bad_chunk_parameters_raise():
     with pytest.raises(ConfigError):
-        chunk_starts(100, 10, 10)
+        chunk_layout(100, 10, 6)
+    with pytest.raises(ConfigError, match="at most half a chunk"):
+        chunk_layout(100_000, 20480, 10240, grid=5120 * 3)
 
 
 def _stationary(n, seed=0):
@@ -63,20 +75,58 @@ def _stationary(n, seed=0):
     return torch.as_tensor(x, dtype=torch.float32)
 
 
-def test_chunked_vocoder_round_trip_matches_whole_clip_away_from_seams(tiny_model):
-    n, chunk, overlap = 4 * 10240, 10240, 1280
-    x = _stationary(n)
-    whole = vocoder_roundtrip(tiny_model, x[None])[0]
-    chunked = process_in_chunks(x[None], lambda c: vocoder_roundtrip(tiny_model, c[:, 0])[:, None], chunk=chunk,
-                                overlap=overlap)[0]
-    away = torch.ones(n, dtype=torch.bool)
+# An off-grid length (61.37 s): no multiple of the hop (160), the latent grid or the chunk.
+LONG = round(61.37 * 16000)
+CHUNK, OVERLAP = 163_840, 20_480  # 10.24 s and 1.28 s, AudioLDM2's defaults
+
+
+def test_chunked_vocoder_round_trip_equals_whole_away_from_overlaps(tiny_model):
+    """The vocoder round trip is local (an STFT frame, then convolutions): on the model's grid, chunked and
+    whole runs give the same samples outside the overlaps and the chunk edges."""
+    x = _stationary(LONG)
+    grid = tiny_model.samples_multiple
+    with torch.no_grad():
+        whole = vocoder_roundtrip(tiny_model, x[None])[0]
+        chunked = process_in_chunks(x[None], lambda c: vocoder_roundtrip(tiny_model, c[:, 0])[:, None], chunk=CHUNK,
+                                    overlap=OVERLAP, grid=grid)[0]
+    layout = chunk_layout(LONG, CHUNK, OVERLAP, grid)
+    assert len(layout.starts) == 7
+    away = torch.ones(LONG, dtype=torch.bool)
     guard = 2048  # STFT window (1024) + vocoder receptive field around each chunk edge
-    for s in chunk_starts(n, chunk, overlap):
-        for edge in (s, s + chunk):
-            away[max(0, edge - guard):edge + guard] = False
-    away[:guard] = away[-guard:] = True  # clip ends are ends in both runs
-    assert away.sum() > n // 4
+    for s in layout.starts[1:]:
+        away[max(0, s - guard):s + layout.overlap + guard] = False
+    away[-guard:] = False  # the clip's end: the whole run's conv padding vs the last chunk's zero-padded tail
+    assert away.sum() > LONG // 2
     torch.testing.assert_close(chunked[away], whole[away], rtol=0, atol=1e-5)
+
+
+def _random_phase(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(K, C, n)`` -> the same magnitude STFT with independent random phases: a phase-free resynthesis, as a
+    vocoder's, incoherent between chunks."""
+    window = torch.hann_window(1024, dtype=torch.float64)
+    spec = torch.stft(x.reshape(-1, x.shape[-1]).double(), 1024, 256, window=window, return_complex=True)
+    phase = torch.rand(spec.shape, generator=generator, dtype=torch.float64) * 2 * math.pi
+    out = torch.istft(spec.abs() * torch.exp(1j * phase), 1024, 256, window=window, length=x.shape[-1])
+    return out.reshape(x.shape).float()
+
+
+def test_no_energy_dip_where_incoherent_chunks_meet(tiny_model):
+    """Random-phase resynthesis of stationary noise: the chunks' outputs are independent in every overlap, so
+    an amplitude crossfade would lose 3 dB at each overlap centre."""
+    x = torch.as_tensor(0.1 * np.random.default_rng(2).standard_normal(LONG), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    whole = _random_phase(x[None, None], gen)[0, 0]
+    chunked = process_in_chunks(x[None], lambda c: _random_phase(c, gen), chunk=CHUNK, overlap=OVERLAP,
+                                grid=tiny_model.samples_multiple)[0]
+    layout = chunk_layout(LONG, CHUNK, OVERLAP, tiny_model.samples_multiple)
+    half = 4000  # 0.5 s windows: energy estimates within ~0.1 dB
+    for s in layout.starts[1:]:
+        centre = s + layout.overlap // 2
+        e_chunked = chunked[centre - half:centre + half].pow(2).sum()
+        e_whole = whole[centre - half:centre + half].pow(2).sum()
+        assert abs(10 * torch.log10(e_chunked / e_whole)) < 0.5, (s, float(10 * torch.log10(e_chunked / e_whole)))
+
+
 
 
 def test_chunked_vae_round_trip_close_to_whole_clip_away_from_seams(tiny_model):
@@ -86,15 +136,16 @@ def test_chunked_vae_round_trip_close_to_whole_clip_away_from_seams(tiny_model):
     away from seams must stay well below the round trip's own error (2.8 here)."""
     from gdr.audio import log_mel
 
-    n, chunk, overlap = 4 * 5120, 5120, 1280
+    n, chunk, overlap = 12 * 5120 + 777, 4 * 5120, 5120
     x = _stationary(n, seed=1)
     whole = vae_roundtrip(tiny_model, x[None])[0]
     chunked = process_in_chunks(x[None], lambda c: vae_roundtrip(tiny_model, c[:, 0])[:, None], chunk=chunk,
-                                overlap=overlap)[0]
+                                overlap=overlap, grid=tiny_model.samples_multiple)[0]
     mel_w, mel_c, mel_x = (log_mel(v[None])[0, 0] for v in (whole, chunked, x))
     frames = torch.ones(mel_w.shape[0], dtype=torch.bool)
-    for s in chunk_starts(n, chunk, overlap):
-        for edge in (s // 160, (s + chunk) // 160):
+    layout = chunk_layout(n, chunk, overlap, tiny_model.samples_multiple)
+    for s in layout.starts:
+        for edge in (s // 160, (s + layout.length) // 160):
             frames[max(0, edge - 16):edge + 16] = False
     frames[:16] = frames[-16:] = True
     diff = (mel_c - mel_w)[frames].abs().mean()
