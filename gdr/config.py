@@ -167,9 +167,14 @@ class TrainerConfig:
 
 @dataclass
 class ReportConfig:
-    """Statistics and report: paired bootstrap with ``bootstrap`` resamples at ``confidence``."""
+    """Statistics and report: paired bootstrap with ``bootstrap`` resamples at ``confidence``.
+
+    seed_metrics: also compute and report the seed experiment's own waveform MSE, SNR and correlation
+    (unaligned, against the input; ``configs/seed_experiment.yaml``), with their paired verdicts.
+    """
 
     bootstrap: int = 2000
+    seed_metrics: bool = False
     confidence: float = 0.95
     embed_audio: bool = True
     wandb_project: str = "gdr"

@@ -47,7 +47,7 @@ from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
 from gdr.errors import ConfigError
 from gdr.guidance import build_guidance
-from gdr.metrics import PER_ITEM, PHASE_METRICS, align
+from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.schedules import schedule_for
 from gdr.sweep import Item, expand_grid, recipe_label, task_label
@@ -148,6 +148,7 @@ def plan_evaluation(objects) -> Plan:
     # Content hashes, not paths, so that a retrained adapter or schedule at the same path is not "done".
     context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
                "dtype": objects.model.dtype, "variant": objects.model.variant,
+               "seed_metrics": objects.report.seed_metrics,
                "null_condition": objects.model.null_condition, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -219,9 +220,10 @@ def hash_bytes(x: torch.Tensor) -> str:
 class EvaluationRunner(L.LightningModule):
     """Executes items in `Trainer.predict`: each ``predict_step`` runs one item, writes its wav and record."""
 
-    def __init__(self, model: AudioLDM2, plan: Plan, out_dir: Path, chunk_cfg):
+    def __init__(self, model: AudioLDM2, plan: Plan, out_dir: Path, chunk_cfg, seed_metrics: bool = False):
         super().__init__()
         self.model, self.plan, self.out_dir = model, plan, out_dir
+        self.seed_metrics = seed_metrics
         self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
         self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
         self.chunk_batch = chunk_cfg.batch_size
@@ -291,6 +293,10 @@ class EvaluationRunner(L.LightningModule):
                 row[name] = ""  # a waveform metric of a phase-free output would read like a score: blank
                 continue
             row[name] = round(float(fn(aligned[None].double(), reference[None])[0]), 6)
+        if self.seed_metrics:  # the seed's own numbers: the raw output, not aligned, against the input
+            raw = out.detach().cpu()[None].double()
+            for name, fn in SEED_METRICS.items():
+                row[name] = round(float(fn(raw, reference[None])[0]), 6)
         row.update(wall_s=round(wall, 3), peak_mem_mb=round(peak, 1), key=item.key)
         wav = self.wav_path(item)
         write_wav(wav, out)
@@ -361,7 +367,7 @@ def run(cfg, objects, parser) -> Path | None:
     # The chunk length and overlap on this model's grid (a ConfigError here is still before any work).
     chunk_layout(1, round(objects.chunk.seconds * SAMPLE_RATE), round(objects.chunk.overlap_seconds * SAMPLE_RATE),
                  model.samples_multiple)
-    runner = EvaluationRunner(model, plan, out_dir, objects.chunk)
+    runner = EvaluationRunner(model, plan, out_dir, objects.chunk, seed_metrics=objects.report.seed_metrics)
     if int(os.environ.get("RANK", "0")) == 0:
         remove_stale_temporaries(out_dir, older_than=started)
     pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]

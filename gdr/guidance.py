@@ -380,4 +380,9 @@ class DecoderInversion(Guidance):
 
 
 def build_guidance(name: str, params: dict | None = None) -> Guidance:
-    return GUIDANCE.build(name, **(params or {}))
+    params = params or {}
+    odd = [k for k in params if not isinstance(k, str)]
+    if odd:  # YAML 1.1 reads a bare on/off/yes/no as a boolean, e.g. {on: denoised} -> {True: "denoised"}
+        raise ConfigError(f"guidance.params has a non-text key {odd[0]!r}: quote it in YAML, e.g. "
+                          "'{\"on\": denoised}' (a bare on/off/yes/no is read as a boolean)")
+    return GUIDANCE.build(name, **params)

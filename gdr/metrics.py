@@ -185,6 +185,34 @@ def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr
     return torch.nn.functional.pad(shifted, (0, max(0, n - shifted.shape[-1])))[:n]
 
 
+# ------------------------------------------------------------------------------------------ the seed's metrics
+def seed_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The seed experiment's waveform MSE ``mean((x_hat - x)^2)`` per item, on the raw output (no alignment),
+    trimmed to the shorter length. ``(B, N)`` each -> ``(B,)``. Tested against numpy."""
+    pred, target = _trim(pred, target)
+    return (pred - target).pow(2).mean(dim=-1)
+
+
+def seed_snr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The seed experiment's SNR in dB, ``10 log10(sum x^2 / sum (x - x_hat)^2)``, raw output, no alignment.
+    ``(B, N)`` each -> ``(B,)``. Tested against numpy."""
+    pred, target = _trim(pred, target)
+    return 10 * torch.log10(target.pow(2).sum(-1) / (pred - target).pow(2).sum(-1).clamp_min(1e-20))
+
+
+def seed_corr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The seed experiment's correlation: Pearson's r of the raw output and the input (``numpy.corrcoef``).
+    ``(B, N)`` each -> ``(B,)``. Tested against numpy."""
+    pred, target = _trim(pred, target)
+    p, t = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
+    return (p * t).sum(-1) / (p.norm(dim=-1) * t.norm(dim=-1)).clamp_min(1e-20)
+
+
+# The seed's own numbers (``report.seed_metrics``): waveform comparisons of the output, unaligned, as the seed
+# computed them against its input. They are reported beside gdr's metrics so that its claim can be checked,
+# and labelled: after the phase-free vocoder they measure phase luck as much as quality.
+SEED_METRICS = {"seed_mse": seed_mse, "seed_snr": seed_snr, "seed_corr": seed_corr}
+
 # name -> per-item function; the evaluation writes one column per entry.
 PER_ITEM = {
     "logmel_l1": logmel_l1,
@@ -194,6 +222,7 @@ PER_ITEM = {
     "si_sdr": si_sdr,
     "snr": snr,
 }
-HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True}
+HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True,
+                    "seed_mse": False, "seed_snr": True, "seed_corr": True}
 # Waveform metrics: blank ("") in metrics.csv and "—" in the report for rows that are not phase-coherent.
 PHASE_METRICS = ("si_sdr", "snr")

@@ -227,3 +227,20 @@ def test_phase_free_rows_have_no_waveform_metrics_in_csv_and_report(tmp_path):
     assert best_baseline([*read, stale], "t", "snr", ["vocoder_roundtrip", "old_vocoder_roundtrip", "degraded"]) \
         == "degraded"
     assert compare([*read, stale], "t", "snr", "old_vocoder_roundtrip", "degraded", n_boot=10) is None
+
+
+def test_seed_metrics_equal_numpy():
+    from gdr.metrics import seed_corr, seed_mse, seed_snr
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5000))
+    x_hat = 0.8 * x + 0.3 * rng.standard_normal((3, 5000)) + 0.01
+    pred, target = torch.as_tensor(x_hat), torch.as_tensor(x)
+    np.testing.assert_allclose(seed_mse(pred, target).numpy(), ((x_hat - x) ** 2).mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(seed_snr(pred, target).numpy(),
+                               10 * np.log10((x**2).sum(1) / ((x - x_hat) ** 2).sum(1)), rtol=1e-12)
+    np.testing.assert_allclose(seed_corr(pred, target).numpy(),
+                               [np.corrcoef(a, b)[0, 1] for a, b in zip(x_hat, x)], rtol=1e-12)
+    # Unaligned, as the seed computed them: a delayed copy is not a perfect reconstruction.
+    delayed = torch.roll(target, 3, dims=-1)
+    assert float(seed_corr(delayed, target)[0]) < 0.5
