@@ -36,7 +36,7 @@ def tiny_model(tiny_dir, cache_dir):
     return AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir)
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float | None = None):
     """Run ``scripts/<script>`` in a subprocess; returns the CompletedProcess."""
     import subprocess
 

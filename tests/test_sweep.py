@@ -81,7 +81,7 @@ class _Audio(HTMLParser):
 def test_smoke_sweep_end_to_end(tmp_path, tiny_dir):
     out = tmp_path / "out"
     proc = run_script("evaluate.py", "--config", "configs/sweep_smoke.yaml", "--output_dir", str(out),
-                      "--progress", "false", env={"WANDB_MODE": "offline"}, timeout=600)
+                      "--progress", "false", env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(out / "metrics.csv")
     clips = {"tone_vibrato", "drums", "chirp", "noise_bursts"}
@@ -118,25 +118,30 @@ def _start(config, out, extra=()):
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _finish(proc) -> int:
+    """Wait for `proc`, draining its pipes (a full pipe would block it), and return its exit status."""
+    proc.communicate()
+    return proc.returncode
+
+
 def test_kill_and_resume_gives_the_same_results(tmp_path, tiny_dir):
     config = _write_config(tmp_path)
     reference = tmp_path / "reference"
-    assert _start(config, reference).wait(timeout=600) == 0
+    assert _finish(_start(config, reference)) == 0
     out = tmp_path / "out"
     proc = _start(config, out)
-    for _ in range(6000):  # up to 5 minutes of polling
-        if len(list((out / "items").glob("*.json"))) >= 8:
-            break
+    # No wall-clock limit: poll until 8 items are done (the run has more), however loaded the machine is.
+    while proc.poll() is None and len(list((out / "items").glob("*.json"))) < 8:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     done = list((out / "items").glob("*.json"))
     total = len(list((reference / "items").glob("*.json")))
     assert 8 <= len(done) < total and not (out / "metrics.csv").exists()
     for record in done:  # whatever carries a final name is complete
         json.loads(record.read_text())
     before = {r: (r.stat().st_mtime_ns, r.read_bytes()) for r in done}
-    assert _start(config, out).wait(timeout=600) == 0
+    assert _finish(_start(config, out)) == 0
     assert _without_timing(_rows(out / "metrics.csv")) == _without_timing(_rows(reference / "metrics.csv"))
     assert not list(out.rglob("*.tmp"))
     # Finished items were skipped, not recomputed: their records are untouched.
@@ -146,9 +151,9 @@ def test_kill_and_resume_gives_the_same_results(tmp_path, tiny_dir):
 def test_two_process_ddp_matches_one_process(tmp_path, tiny_dir):
     config = _write_config(tmp_path)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert _start(config, single).wait(timeout=600) == 0
+    assert _finish(_start(config, single)) == 0
     proc = _start(config, ddp, ["--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"])
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
     a, b = _rows(single / "metrics.csv"), _rows(ddp / "metrics.csv")
     assert [(r["clip"], r["task"], r["method"], r["seed"]) for r in a] == \
