@@ -1,0 +1,212 @@
+"""Mutation check: does the test suite catch realistic one-line bugs? (Not run by CI: minutes per mutation.)
+
+    python tests/mutate.py                 # every mutation; prints a table, exit 1 if any is missed
+    python tests/mutate.py --only dps_sign seed_base
+    python tests/mutate.py --list
+
+Each mutation replaces one exact piece of source (it must occur exactly once, so a refactor that
+moves the code makes the mutation fail loudly instead of silently testing nothing) in a scratch copy
+of the repository, runs the tests that should catch it (``-x``, in that copy, with the copy first on
+``PYTHONPATH`` so subprocess scripts import the mutant too), and records *caught* (the tests fail) or
+*MISSED*. The working tree is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("gdr", "tests", "scripts", "configs", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    what: str
+
+
+M = Mutation
+ORACLE = "tests/test_gaussian_oracle.py"
+SAMPLER = "tests/test_sampler.py"
+MUTATIONS = [
+    # ---- methods (gdr/guidance.py)
+    M("dps_sign", "gdr/guidance.py", "return step.z_prev - scale * grad", "return step.z_prev + scale * grad",
+      (ORACLE,), "DPS steps up the data-loss gradient"),
+    M("dps_loss_form", "gdr/guidance.py", 'return (sq.sqrt() if kind == "norm" else sq).sum()', "return sq.sum()",
+      (ORACLE,), "the default 'norm' data loss silently squared"),
+    M("dps_batch_norm", "gdr/guidance.py", "sq = r.flatten(1).pow(2).sum(dim=1)", "sq = r.pow(2).sum().expand(r.shape[0])",
+      (ORACLE,), "per-item norm taken over the whole batch"),
+    M("replace_x0_alpha", "gdr/guidance.py", "return step.z_prev + math.sqrt(step.alpha_prev) * (z0_new - step.z0_hat)",
+      "return step.z_prev + step.alpha_prev * (z0_new - step.z0_hat)", (ORACLE,), "a for sqrt(a) in the x0 swap"),
+    M("latent_pull_on_z_prev", "gdr/guidance.py", "        pull = ctx.measurement.z_y - step.z0_hat\n",
+      "        pull = ctx.measurement.z_y - step.z_prev\n", (ORACLE,), "latent_pull pulls z_prev instead of z0_hat"),
+    M("latent_pull_mask_ignored", "gdr/guidance.py", "            pull = ctx.measurement.latent_mask * pull\n",
+      "            pull = pull\n", (ORACLE,), "masked latent_pull pulls every cell"),
+    M("inpaint_unnoised", "gdr/guidance.py",
+      "known = math.sqrt(step.alpha_prev) * z_y + math.sqrt(1 - step.alpha_prev) * ctx.noise_like(z_y)",
+      "known = z_y", (ORACLE,), "inpaint pastes the un-noised z_y"),
+    M("inpaint_mask_inverted", "gdr/guidance.py", "scale * ctx.measurement.latent_mask * (known - step.z_prev)",
+      "scale * (1 - ctx.measurement.latent_mask) * (known - step.z_prev)", (ORACLE,), "inpaint replaces the unreliable cells"),
+    M("mpgd_sign", "gdr/guidance.py", "return self.replace_x0(step, step.z0_hat - scale * grad)",
+      "return self.replace_x0(step, step.z0_hat + scale * grad)", (ORACLE,), "MPGD ascends"),
+    M("diffpir_rho_inverted", "gdr/guidance.py", "rho = self.lam * self.sigma**2 * step.alpha_t / (1 - step.alpha_t)",
+      "rho = self.lam * self.sigma**2 * (1 - step.alpha_t) / step.alpha_t", (ORACLE,), "DiffPIR's sigma_bar inverted"),
+    M("diffpir_noise_weight", "gdr/guidance.py",
+      "noise = math.sqrt(1 - self.zeta) * eps_hat + math.sqrt(self.zeta) * ctx.noise_like(z0)",
+      "noise = (1 - self.zeta) * eps_hat + self.zeta * ctx.noise_like(z0)", (ORACLE,), "DiffPIR mixes without square roots"),
+    M("sdedit_round", "gdr/guidance.py", "first = n - min(int(strength * n), n)", "first = n - int(round(strength * n))",
+      (SAMPLER, ORACLE), "SDEdit's start index rounded instead of floored (diffusers' rule)"),
+    M("seed_base", "gdr/guidance.py", 'base = step.z_prev if self.on == "prev_sample" else step.z0_hat',
+      'base = step.z0_hat if self.on == "prev_sample" else step.z_prev', (SAMPLER, ORACLE),
+      "seed pulls the other scheduler output"),
+    M("seed_noised_start", "gdr/guidance.py", "        return ctx.measurement.z_y.clone(), 0\n",
+      "        return noised_start(ctx, 1.0)\n", (SAMPLER, ORACLE), "seed starts from noised z_y"),
+    M("seed_lerp_reversed", "gdr/guidance.py", "return torch.lerp(base, ctx.measurement.z_y.to(base.dtype), scale)",
+      "return torch.lerp(ctx.measurement.z_y.to(base.dtype), base, scale)", (SAMPLER,), "seed's strength reversed"),
+    M("off_by_one_alpha", "gdr/guidance.py", "return float(self.scheduler.alphas_cumprod[int(self.timesteps[index])])",
+      "return float(self.scheduler.alphas_cumprod[int(self.timesteps[index]) - 1])", (ORACLE,),
+      "alpha_bar read one timestep off"),
+    M("sampler_last_step", "gdr/sampler.py", "last = return_denoised and i == n - 1", "last = return_denoised and i == n - 2",
+      (SAMPLER, ORACLE), "the sampler returns z0_hat one step early"),
+    # ---- degradations and masks (gdr/degradations.py)
+    M("gap_placement", "gdr/degradations.py",
+      "start = k * segment + int(torch.randint(0, segment - gap + 1, (1,), generator=g))",
+      "start = k * segment", ("tests/test_degradations.py",), "gaps always at segment starts"),
+    M("gap_length", "gdr/degradations.py", "mask[start:start + gap] = 0", "mask[start:start + gap - 1] = 0",
+      ("tests/test_degradations.py",), "gaps one sample short"),
+    M("gap_mel_mask_window", "gdr/degradations.py", "windows = padded.unfold(0, N_FFT, HOP_LENGTH)[:frames]",
+      "windows = padded.unfold(0, N_FFT // 2, HOP_LENGTH)[:frames]", ("tests/test_degradations.py",),
+      "gap mel mask with half the analysis window"),
+    M("lowpass_mel_mask_edge", "gdr/degradations.py", "return (top <= self.cutoff_hz).float()",
+      "return (top <= 2 * self.cutoff_hz).float()", ("tests/test_degradations.py",), "lowpass mask keeps cut bands"),
+    M("latent_mask_no_erosion", "gdr/degradations.py",
+      "return -torch.nn.functional.max_pool2d(-cells, 3, stride=1, padding=1)  # erode the reliable region",
+      "return cells", ("tests/test_degradations.py",), "latent mask not dilated for the VAE's receptive field"),
+    # ---- front end, model (gdr/audio.py, gdr/backbone.py, gdr/conditioning.py, gdr/hub.py)
+    M("log_mel_no_clamp", "gdr/audio.py", "torch.clamp(waveform, -1.0, 1.0)", "waveform", ("tests/test_frontend.py",),
+      "log_mel does not clip to [-1, 1]"),
+    M("latent_padding_value", "gdr/backbone.py", "value=float(torch.log(torch.tensor(LOG_FLOOR)))", "value=0.0",
+      ("tests/test_backbone.py",), "mel padded with 0 (loud) instead of the log floor (silence)"),
+    M("gpt2_mask_not_grown", "gdr/conditioning.py",
+      "        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)\n", "",
+      ("tests/test_conditioning.py",), "GPT-2 loop stops extending the attention mask"),
+    M("gpt2_first_position", "gdr/conditioning.py", "embeds = torch.cat([embeds, hidden[:, -1:]], dim=1)",
+      "embeds = torch.cat([embeds, hidden[:, :1]], dim=1)", ("tests/test_conditioning.py",),
+      "GPT-2 loop appends the first position's state"),
+    M("text_stack_dtype", "gdr/conditioning.py", "part = cls.from_pretrained(self.folder / name, dtype=torch.float32)",
+      "part = cls.from_pretrained(self.folder / name)", ("tests/test_conditioning.py",),
+      "text stack loaded in the config's dtype (CLAP float64)"),
+    M("original_null_mask", "gdr/conditioning.py",
+      'return Condition(gpt2, t5, torch.ones(t5.shape[:2], dtype=torch.long), "original")',
+      'return Condition(gpt2, t5, torch.zeros(t5.shape[:2], dtype=torch.long), "original")',
+      ("tests/test_conditioning.py",), "original null with a zero T5 mask"),
+    M("hub_selects_bin", "gdr/hub.py", 'for stem, ext in ((safe_stem, "safetensors"), (bin_stem, "bin")):\n            single',
+      'for stem, ext in ((bin_stem, "bin"), (safe_stem, "safetensors")):\n            single', ("tests/test_hub.py",),
+      "downloads pickled .bin before safetensors"),
+    M("hub_no_deadline", "gdr/hub.py", "thread.join(seconds)", "thread.join()", ("tests/test_hub.py",),
+      "an unanswered hub request is waited for without bound"),
+    # ---- chunking (gdr/chunking.py)
+    M("crossfade_amplitude", "gdr/chunking.py", "gain = 1.0 / torch.sqrt(1.0 + rho * torch.sin(2 * theta))",
+      "gain = 1.0 / (torch.cos(theta) + torch.sin(theta))", ("tests/test_chunking.py",),
+      "amplitude crossfade for every pair (3 dB dip for incoherent chunks)"),
+    M("crossfade_power_only", "gdr/chunking.py", "gain = 1.0 / torch.sqrt(1.0 + rho * torch.sin(2 * theta))",
+      "gain = torch.ones_like(rho * theta)", ("tests/test_chunking.py",), "equal-power crossfade for coherent chunks"),
+    M("crossfade_squared", "gdr/chunking.py", "return gain * (torch.cos(theta) * a + torch.sin(theta) * b)",
+      "return gain * (torch.cos(theta) ** 2 * a + torch.sin(theta) ** 2 * b)", ("tests/test_chunking.py",),
+      "cos^2/sin^2 weights under the power gain"),
+    M("chunks_off_grid", "gdr/chunking.py", "length = max(grid, int(round(chunk / grid)) * grid)", "length = chunk",
+      ("tests/test_chunking.py",), "chunk length not moved onto the grid"),
+    # ---- metrics (gdr/metrics.py)
+    M("mrstft_resolution", "gdr/metrics.py", "((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))",
+      "((1024, 120, 600), (2048, 240, 1200), (512, 60, 240))", ("tests/test_metrics.py",), "one MR-STFT hop changed"),
+    M("lsd_eps_one_side", "gdr/metrics.py", "log_ratio = 2 * torch.log10((s[:, keep] + LSD_EPS) / (s_hat[:, keep] + LSD_EPS))",
+      "log_ratio = 2 * torch.log10(s[:, keep] / (s_hat[:, keep] + LSD_EPS) + LSD_EPS)", ("tests/test_metrics.py",),
+      "LSD epsilon on one side only"),
+    M("align_signed", "gdr/metrics.py", "values = corr[lags % size].abs() / (p.norm() * t.norm()).clamp_min(1e-12)",
+      "values = corr[lags % size] / (p.norm() * t.norm()).clamp_min(1e-12)", ("tests/test_metrics.py",),
+      "alignment not polarity-safe"),
+    M("seed_snr_ratio", "gdr/metrics.py", "return 10 * torch.log10(target.pow(2).sum(-1) / (pred - target).pow(2).sum(-1).clamp_min(1e-20))",
+      "return 10 * torch.log10(pred.pow(2).sum(-1) / (pred - target).pow(2).sum(-1).clamp_min(1e-20))",
+      ("tests/test_metrics.py",), "the seed's SNR against the output's power"),
+    # ---- statistics (gdr/stats.py)
+    M("bootstrap_seeds_first", "gdr/stats.py", "means = np.array([np.mean(v) for v in per_clip.values()])",
+      "means = np.array([x for v in per_clip.values() for x in v])", ("tests/test_stats.py",),
+      "seeds treated as independent units in the bootstrap"),
+    M("bootstrap_sign", "gdr/stats.py", "sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0", "sign = 1.0",
+      ("tests/test_stats.py",), "improvement sign ignores the metric's direction"),
+    # ---- evaluation (gdr/evaluate.py, gdr/sweep.py)
+    M("oracle_fed_degraded", "gdr/evaluate.py", "source = x if item.method == ORACLE else y", "source = y",
+      ("tests/test_evaluate_script.py",), "the oracle baseline fed the degraded input"),
+    M("resume_key_context", "gdr/sweep.py", ', "context": self.recipe.get("context")})', "})",
+      ("tests/test_sweep.py",), "resume keys ignore model/LoRA/dtype/chunk context"),
+    M("resume_key_sampler", "gdr/sweep.py", '"method": self.method if self.kind == "baseline" else self.recipe,',
+      '"method": self.method if self.kind == "baseline" else self.recipe["guidance"],', ("tests/test_sweep.py",),
+      "resume keys ignore eta/scheduler/domain/steps"),
+    M("phase_free_snr_shown", "gdr/evaluate.py", "            if name in PHASE_METRICS and not phase:\n",
+      "            if False:\n", ("tests/test_metrics.py",), "SNR of phase-free outputs written as numbers"),
+    M("seed_metrics_aligned", "gdr/evaluate.py", "raw = out.detach().cpu()[None].double()",
+      "raw = aligned[None].double()", ("tests/test_evaluate_script.py",), "the seed's metrics computed after alignment"),
+]
+
+
+def run_one(mutation: Mutation, scratch: Path) -> tuple[bool, float, str]:
+    """Apply `mutation` in `scratch`, run its tests there, restore. Returns (caught, seconds, note)."""
+    path = scratch / mutation.file
+    original = path.read_text()
+    count = original.count(mutation.old)
+    if count != 1:
+        return False, 0.0, f"source text found {count} times: update the mutation"
+    path.write_text(original.replace(mutation.old, mutation.new))
+    env = {**os.environ, "PYTHONPATH": str(scratch), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+                              cwd=scratch, env=env, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("FAILED") or " passed" in line]
+    return proc.returncode != 0, time.perf_counter() - start, (lines[0] if lines else "")[:110]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="mutation ids to run")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.id in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:28s} {m.file:24s} {m.what}")
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="gdr-mutate-"))
+    try:
+        for name in COPIED:
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, scratch / name)
+        print(f"| mutation | file | what | caught | s | first failing test |\n|---|---|---|---|---|---|", flush=True)
+        missed = 0
+        for m in chosen:
+            caught, seconds, note = run_one(m, scratch)
+            missed += not caught
+            print(f"| {m.id} | {m.file} | {m.what} | {'caught' if caught else '**MISSED**'} | {seconds:.0f} | "
+                  f"{note} |", flush=True)
+        print(f"\n{len(chosen) - missed} of {len(chosen)} caught")
+        return 1 if missed else 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
