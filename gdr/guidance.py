@@ -72,7 +72,9 @@ class Context:
 def _item_loss(r: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-item data loss of residual ``r`` ``(B, ...)``: ``|r|`` (DPS code) or ``|r|^2``. Summed over items."""
     sq = r.flatten(1).pow(2).sum(dim=1)
-    return (sq.sqrt() if kind == "norm" else sq).sum()
+    # |r| is not differentiable at r = 0 (sqrt's gradient there is inf * 0 = NaN); the clamp gives the
+    # subgradient 0, so an item that observes nothing (e.g. a chunk inside a gap) gets no guidance.
+    return (sq.clamp_min(1e-30).sqrt() if kind == "norm" else sq).sum()
 
 
 def _require_ddim(scheduler, method: str) -> None:
@@ -104,6 +106,8 @@ class Guidance(nn.Module):
     @staticmethod
     def replace_x0(step: Step, z0_new: torch.Tensor) -> torch.Tensor:
         """The DDIM ``z_prev`` had ``z0_hat`` been `z0_new` (same eps, same noise)."""
+        if step.alpha_prev == 1.0:  # the sampler's last step returns the estimate itself: z0_new, exactly
+            return z0_new
         return step.z_prev + math.sqrt(step.alpha_prev) * (z0_new - step.z0_hat)
 
 

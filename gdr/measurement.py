@@ -79,6 +79,7 @@ class LatentMeasurement(Measurement):
         return self.mask * (z0 - self.y)
 
     def prox(self, z0_hat, weight, rho):
-        # Per element: minimise weight m (z - y)^2 + rho (z - z0_hat)^2 (m in {0, 1} or any >= 0).
-        m = self.mask * weight
-        return (m * self.y + rho * z0_hat) / (m + rho)
+        # Per element: minimise weight (m (z - y))^2 + rho (z - z0_hat)^2, the residual being m (z - y): the
+        # data weight is m^2 (the same as m for the 0/1 masks the degradations make; any m >= 0 works).
+        m2 = self.mask.pow(2) * weight
+        return (m2 * self.y + rho * z0_hat) / (m2 + rho)

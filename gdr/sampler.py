@@ -18,6 +18,7 @@ import torch
 import torch.utils.checkpoint
 from tqdm.auto import tqdm
 
+from gdr.errors import ConfigError
 from gdr.guidance import Context, Guidance, Step
 from gdr.measurement import Measurement
 from gdr.schedules import Schedule
@@ -51,6 +52,12 @@ def sample(
             learning the schedule or an adapter end to end); earlier steps run without a graph.
         checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing).
     """
+    spacing = getattr(scheduler.config, "timestep_spacing", "leading")
+    if spacing != "leading":
+        # Methods read a_bar at the step's target as a_bar(timesteps[i + 1]); diffusers' DDIM steps to
+        # t - 1000 // steps, which is that timestep only with "leading" spacing (AudioLDM2's).
+        raise ConfigError(f"the scheduler's timestep_spacing is {spacing!r}; gdr's methods need 'leading' "
+                          "(AudioLDM2's published scheduler config)")
     scheduler.set_timesteps(steps, device=measurement.z_y.device)
     ctx = Context(measurement, scheduler, scheduler.timesteps, generator)
     step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator))

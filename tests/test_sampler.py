@@ -255,3 +255,12 @@ def test_predict_step_reconstructs_clips_times_seeds_with_trainer_predict(tiny_m
     assert [o["x_hat"].shape for o in outputs] == [y.shape] * 4
     assert not torch.equal(outputs[0]["x_hat"], outputs[1]["x_hat"])  # seeds differ
     torch.testing.assert_close(outputs[0]["x_hat"][0], module.reconstruct_clip(y[0], seed_for("a", 0)))
+
+
+def test_a_non_leading_timestep_spacing_is_refused(tiny_model):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config({**tiny_model.scheduler.config, "timestep_spacing": "trailing"})
+    measurement = DecoderMeasurement(tiny_model, build_degradation("identity"), _clip())
+    with pytest.raises(ConfigError, match="timestep_spacing is 'trailing'"):
+        sample(tiny_model.eps, scheduler, build_guidance("dps"), build_schedule(1.0), measurement, steps=3)
