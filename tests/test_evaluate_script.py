@@ -229,7 +229,7 @@ def test_seed_experiment_config_runs_and_reports_the_seeds_metrics(tmp_path, tin
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     methods = {r["method"] for r in rows}
-    assert {f"seed s={s} 3st" for s in (0.1, 0.3, 0.5, 0.7)} <= methods and "vae_roundtrip" in methods
+    assert {f"seed s={s} on=prev_sample 3st" for s in (0.1, 0.3, 0.5, 0.7)} <= methods and "vae_roundtrip" in methods
     for row in rows:
         audio, _ = sf.read(str(out / row["wav"]), dtype="float64")
         clean, _ = sf.read(str(out / "audio" / row["clip"] / "input.wav"), dtype="float64")

@@ -192,6 +192,7 @@ def _finish(tmp_path, method, phase, out):
     item = Item(kind="baseline", clip="c", clip_hash="h", task="t", method=method,
                 recipe={"degradation": {"name": "identity"}})
     runner = SimpleNamespace(plan=SimpleNamespace(clips={"c": SimpleNamespace(waveform=x.float())}), out_dir=tmp_path,
+                             seed_metrics=False,
                              wav_path=lambda it: tmp_path / f"{it.method}.wav",
                              record_path=lambda it: tmp_path / f"{it.method}.json")
     EvaluationRunner.finish(runner, item, out(x).float(), phase, 0.5, 10.0)
