@@ -170,7 +170,7 @@ def _call_with_deadline(fn, seconds: float, what: str):
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise ModelNotFoundError(f"{what}: no answer from {hub_endpoint()} within {seconds:.0f} s (HF_ENDPOINT, "
+        raise ModelNotFoundError(f"{what}: no answer from {hub_endpoint()} within {seconds:g} s (HF_ENDPOINT, "
                                  f"proxy settings); {how_to_get()}")
     if "error" in result:
         raise result["error"]

@@ -120,3 +120,14 @@ def test_null_condition_moves_with_the_module(tiny_model):
 
     moved = copy.deepcopy(tiny_model).to(torch.float64)
     assert moved.null_condition.t5.dtype == torch.float64 and moved.null_condition.t5_mask.dtype == torch.long
+
+
+def test_mel_to_latent_pads_with_the_log_floor_not_zeros(tiny_model):
+    """An odd-length mel is padded with silence (log 1e-5), exactly as if the silence had been there."""
+    from gdr.audio import LOG_FLOOR
+
+    mel = torch.randn(1, 1, 30, 64, generator=torch.Generator().manual_seed(0)) - 5.0
+    silence = torch.full((1, 1, 2, 64), float(torch.log(torch.tensor(LOG_FLOOR))))
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model.mel_to_latent(mel), tiny_model.mel_to_latent(torch.cat([mel, silence], 2)),
+                                   rtol=0, atol=0)

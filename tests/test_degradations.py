@@ -120,3 +120,60 @@ def test_gaps_longer_than_the_clip_raise_on_use():
 
 def test_registry_lists_the_five_tasks_and_composition():
     assert set(DEGRADATIONS) == {"identity", "noise", "clip", "lowpass", "gaps", "compose"}
+
+
+def test_gap_positions_are_uniform_within_their_segments():
+    """Each of `count` gaps starts uniformly at random inside its own segment (k * segment + U[0, segment - gap])."""
+    n, count, gap = 48_000, 3, 800  # 50 ms gaps
+    segment = n // count
+    offsets = []
+    for seed in range(150):
+        mask = build_degradation({"name": "gaps", "length_ms": 50, "count": count, "seed": seed}).sample_mask(n)
+        starts = torch.nonzero(torch.diff(mask, prepend=torch.ones(1)) == -1)[:, 0]
+        assert len(starts) == count
+        for k, s in enumerate(starts.tolist()):
+            assert k * segment <= s <= (k + 1) * segment - gap
+            offsets.append((s - k * segment) / (segment - gap))
+    offsets = np.array(offsets)  # U[0, 1]: mean 1/2, sd 0.29; 450 draws -> sd of the mean 0.014
+    assert abs(offsets.mean() - 0.5) < 0.06 and offsets.min() < 0.05 and offsets.max() > 0.95
+
+
+def _mel(x):
+    from gdr.audio import log_mel
+
+    return log_mel(x)[0, 0]  # (T, 64)
+
+
+@pytest.mark.parametrize("spec", [{"name": "gaps", "length_ms": 60, "count": 3},
+                                  {"name": "lowpass", "cutoff_hz": 3000}])
+def test_mel_mask_marks_exactly_the_mel_cells_the_degradation_leaves_intact(spec):
+    """The defining property of ``mel_mask``: where it says reliable, the mel of A(x) equals the mel of x; what it
+    marks unreliable really changed (checked on broadband noise, whose every mel cell carries energy)."""
+    n = 32_000
+    x = 0.3 * torch.randn(1, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    op = build_degradation(spec)
+    mel_x, mel_y = _mel(x), _mel(op(x))
+    mask = op.mel_mask(mel_x.shape[0], n)[0, 0].bool()  # (T, 64)
+    diff = (mel_y - mel_x).abs()
+    if spec["name"] == "gaps":  # exact: a reliable frame's analysis window misses every gap
+        assert diff[mask].max() < 1e-9 and diff[~mask].min() > 1e-6
+    else:  # the STFT low-pass leaks a little into neighbouring bins: reliable means nearly unchanged
+        assert diff[mask].mean() < 0.05 and diff[~mask].mean() > 1.0
+        assert mask[:, :-1].ge(mask[:, 1:]).all() and 0 < mask[0].sum() < 64  # a low band, then nothing
+
+
+@pytest.mark.parametrize("spec", [{"name": "gaps", "length_ms": 60, "count": 3},
+                                  {"name": "lowpass", "cutoff_hz": 3000}])
+def test_latent_mask_is_eroded_by_one_cell_for_the_vae_receptive_field(spec):
+    """A latent cell is reliable only if the 4 x 4 mel cells of it and of each neighbour (3 x 3) are reliable."""
+    n = 32_000
+    op = build_degradation(spec)
+    latent_frames = n // 160 // 4
+    mel = op.mel_mask(latent_frames * 4, n)[0, 0]  # (T, 64)
+    cells = mel.reshape(latent_frames, 4, 16, 4).amin(dim=(1, 3))  # (L, 16): all 4 x 4 mel cells reliable
+    expected = torch.zeros_like(cells)
+    for i in range(cells.shape[0]):
+        for j in range(cells.shape[1]):
+            expected[i, j] = cells[max(0, i - 1):i + 2, max(0, j - 1):j + 2].min()
+    got = op.latent_mask(latent_frames, n)[0, 0]
+    assert torch.equal(got, expected) and 0 < got.sum() < got.numel()

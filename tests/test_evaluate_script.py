@@ -238,3 +238,38 @@ def test_seed_experiment_config_runs_and_reports_the_seeds_metrics(tmp_path, tin
     report = (out / "report.md").read_text()
     assert "## The seed's own metrics" in report and "MSE vs vae_roundtrip" in report
     assert "24.7-26.8 %" in report and "on seed_mse" in report
+
+
+def test_baseline_rows_hold_what_their_names_say(tmp_path, tiny_model, capsys):
+    """metrics.csv's values and wavs, recomputed here: ``degraded`` = A(x), ``vae_roundtrip`` = G(E(M(A(x)))),
+    ``oracle_vae_roundtrip`` = G(E(M(x))) of the *clean* input (a ceiling, never fed the measurement)."""
+    import torch
+
+    from gdr.baselines import BASELINES
+    from gdr.degradations import build_degradation
+    from gdr.metrics import PER_ITEM, align
+
+    data = tmp_path / "data"
+    data.mkdir()
+    t = np.arange(int(1.5 * 16000)) / 16000
+    sf.write(str(data / "tone.wav"), (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.sin(2 * np.pi * 5000 * t))
+             .astype(np.float32), 16000)
+    out = tmp_path / "out"
+    argv = [*SMOKE, "--data.root", str(data), "--output_dir", str(out), "--sampler.steps", "1",
+            "--guidance.name", "none", "--degradation.name", "lowpass", "--degradation.params", '{"cutoff_hz": 2000}',
+            "--logger", "false", "--report.bootstrap", "100"]
+    assert run_in_process(argv, capsys).returncode == 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    x = torch.as_tensor(sf.read(str(out / "audio" / "tone" / "input.wav"), dtype="float32")[0])
+    op = build_degradation({"name": "lowpass", "cutoff_hz": 2000})
+    with torch.no_grad():
+        y = op.measure(x[None])  # as the evaluation measures: float32
+        expected = {"degraded": y[0],
+                    "vae_roundtrip": BASELINES["vae_roundtrip"].fn(tiny_model, y, op)[0],
+                    "oracle_vae_roundtrip": BASELINES["vae_roundtrip"].fn(tiny_model, x[None], op)[0]}
+    for method, want in expected.items():
+        got = torch.as_tensor(sf.read(str(out / rows[method]["wav"]), dtype="float32")[0])
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5, msg=method)
+        value = PER_ITEM["lsd"](align(got, x)[None].double(), x[None].double())[0]
+        assert float(rows[method]["lsd"]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), method
+    assert float(rows["oracle_vae_roundtrip"]["lsd"]) != float(rows["vae_roundtrip"]["lsd"])

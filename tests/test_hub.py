@@ -230,3 +230,15 @@ def test_folder_without_model_index_names_it(tiny_dir, tmp_path):
     (copy / "model_index.json").unlink()
     with pytest.raises(ModelNotFoundError, match="missing model_index.json"):
         hub.check_model_folder(Path(copy))
+
+
+def test_the_deadline_bounds_a_call_that_never_returns():
+    """The second line of defence behind each request's own timeout: a call that hangs anyway (a stuck proxy,
+    a DNS lookup) is abandoned after the deadline with one line."""
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="no answer from .* within 0.5 s"):
+        hub._call_with_deadline(lambda: time.sleep(3600), 0.5, "cannot reach the hub")
+    assert time.monotonic() - start < 5
+    assert hub._call_with_deadline(lambda: 42, 5, "x") == 42
+    with pytest.raises(KeyError):  # the call's own errors reach the caller
+        hub._call_with_deadline(lambda: {}["missing"], 5, "x")

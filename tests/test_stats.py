@@ -59,3 +59,17 @@ def test_best_baseline_respects_the_metric_direction():
     rows = [{"task": "t", "method": "a", "lsd": 1.0, "snr": 5.0}, {"task": "t", "method": "b", "lsd": 2.0, "snr": 9.0}]
     assert best_baseline(rows, "t", "lsd", ["a", "b"]) == "a"
     assert best_baseline(rows, "t", "snr", ["a", "b"]) == "b"
+
+
+def test_the_bootstrap_unit_is_the_clip_and_seeds_are_averaged_first():
+    """Clip A (two seeds: 3 and 1, mean 2) and clip B (one seed: 0): the mean improvement is the mean of the
+    clip means, 1, and resampling the two clips gives the interval [0, 2]. Pooling the three seeds as
+    independent units would give 4/3."""
+    rows = []
+    for clip, seeds in (("A", [3.0, 1.0]), ("B", [0.0])):
+        rows.append({"task": "t", "method": "ref", "clip": clip, "seed": "", "lsd": "10.0"})
+        for k, gain in enumerate(seeds):
+            rows.append({"task": "t", "method": "m", "clip": clip, "seed": str(k), "lsd": str(10.0 - gain)})
+    c = compare(rows, "t", "lsd", "m", "ref", n_boot=2000)
+    assert c.mean == pytest.approx(1.0) and c.clips == 2 and c.seeds == 2
+    assert c.low == pytest.approx(0.0) and c.high == pytest.approx(2.0)

@@ -181,3 +181,27 @@ def test_bad_sweep_configs_fail_before_work(tmp_path, tiny_dir, capsys, grid, ne
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("override", [
+    ["--model.pretrained", "some/other-model"], ["--model.dtype", "bfloat16"], ["--model.variant", "fp16"],
+    ["--model.null_condition", "diffusers"], ["--chunk.seconds", "5.12"], ["--chunk.overlap_seconds", "0.64"],
+    ["--sampler.eta", "1.0"], ["--sampler.scheduler", "ddpm"], ["--sampler.domain", "waveform"],
+    ["--sampler.steps", "7"], ["--guidance.scale", "0.25"], ["--report.seed_metrics", "true"],
+])
+def test_resume_keys_change_with_everything_that_changes_a_result(override):
+    """A resumed run reuses a record only if nothing that shapes its result changed (model, dtype, variant, null
+    condition, chunking, sampler settings, strength, extra metrics); otherwise the stale record would be reused."""
+    from gdr.config import parse
+    from gdr.evaluate import plan_evaluation
+
+    base = ["--config", "configs/smoke.yaml", "--data.demo_seconds", "1.0"]
+
+    def keys(argv):
+        plan = plan_evaluation(parse(argv)[2])
+        return {(i.clip, i.kind, i.method.split(" ")[0], i.seed): i.key for i in plan.items}
+
+    a, b = keys(base), keys([*base, *override])
+    method_keys = [k for k in a if k[1] == "method" and k[2] == "dps"]
+    assert method_keys and all(a[k] != b[k] for k in method_keys)
+    assert keys(base) == a  # and the keys are stable when nothing changes
