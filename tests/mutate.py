@@ -153,16 +153,18 @@ MUTATIONS = [
       ("tests/test_stats.py",), "improvement sign ignores the metric's direction"),
     # ---- evaluation (gdr/evaluate.py, gdr/sweep.py)
     M("oracle_fed_degraded", "gdr/evaluate.py", "source = x if item.method == ORACLE else y", "source = y",
-      ("tests/test_evaluate_script.py",), "the oracle baseline fed the degraded input"),
+      ("tests/test_evaluate_script.py::test_baseline_rows_hold_what_their_names_say",),
+      "the oracle baseline fed the degraded input"),
     M("resume_key_context", "gdr/sweep.py", ', "context": self.recipe.get("context")})', "})",
-      ("tests/test_sweep.py",), "resume keys ignore model/LoRA/dtype/chunk context"),
+      ("tests/test_sweep.py::test_resume_keys_change_with_everything_that_changes_a_result",), "resume keys ignore model/LoRA/dtype/chunk context"),
     M("resume_key_sampler", "gdr/sweep.py", '"method": self.method if self.kind == "baseline" else self.recipe,',
-      '"method": self.method if self.kind == "baseline" else self.recipe["guidance"],', ("tests/test_sweep.py",),
+      '"method": self.method if self.kind == "baseline" else self.recipe["guidance"],',
+      ("tests/test_sweep.py::test_resume_keys_change_with_everything_that_changes_a_result",),
       "resume keys ignore eta/scheduler/domain/steps"),
     M("phase_free_snr_shown", "gdr/evaluate.py", "            if name in PHASE_METRICS and not phase:\n",
       "            if False:\n", ("tests/test_metrics.py",), "SNR of phase-free outputs written as numbers"),
     M("seed_metrics_aligned", "gdr/evaluate.py", "raw = out.detach().cpu()[None].double()",
-      "raw = aligned[None].double()", ("tests/test_evaluate_script.py",), "the seed's metrics computed after alignment"),
+      "raw = aligned[None].double()", ("tests/test_metrics.py",), "the seed's metrics computed after alignment"),
 ]
 
 

@@ -183,7 +183,7 @@ def test_align_leaves_a_phase_free_output_at_lag_zero():
 
 
 # ------------------------------------------------- waveform metrics of phase-free outputs: blank everywhere
-def _finish(tmp_path, method, phase, out):
+def _finish(tmp_path, method, phase, out, seed_metrics=False):
     """One row as `EvaluationRunner.finish` writes it (its record on disk), without a model."""
     from gdr.evaluate import EvaluationRunner
     from gdr.sweep import Item
@@ -192,7 +192,7 @@ def _finish(tmp_path, method, phase, out):
     item = Item(kind="baseline", clip="c", clip_hash="h", task="t", method=method,
                 recipe={"degradation": {"name": "identity"}})
     runner = SimpleNamespace(plan=SimpleNamespace(clips={"c": SimpleNamespace(waveform=x.float())}), out_dir=tmp_path,
-                             seed_metrics=False,
+                             seed_metrics=seed_metrics,
                              wav_path=lambda it: tmp_path / f"{it.method}.wav",
                              record_path=lambda it: tmp_path / f"{it.method}.json")
     EvaluationRunner.finish(runner, item, out(x).float(), phase, 0.5, 10.0)
@@ -245,3 +245,13 @@ def test_seed_metrics_equal_numpy():
     # Unaligned, as the seed computed them: a delayed copy is not a perfect reconstruction.
     delayed = torch.roll(target, 3, dims=-1)
     assert float(seed_corr(delayed, target)[0]) < 0.5
+
+
+def test_the_seeds_metrics_see_the_raw_output_and_gdrs_the_aligned_one(tmp_path):
+    """A copy delayed by 40 samples: gdr's metrics align it first (near-perfect), the seed's own metrics compare
+    the raw output sample by sample, as the seed did (a large MSE, a correlation far from 1)."""
+    x = _tonal(16000)
+    row = _finish(tmp_path, "late", True, lambda v: torch.roll(v, 40), seed_metrics=True)
+    raw = torch.roll(x, 40)
+    assert float(row["seed_mse"]) == pytest.approx(float((raw - x).pow(2).mean()), rel=1e-4)
+    assert float(row["seed_corr"]) < 0.9 and float(row["snr"]) > 20  # aligned: only the wrapped 40 samples differ
