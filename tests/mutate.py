@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("gdr", "tests", "scripts", "configs", "pyproject.toml")
+HANG_S = 900
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,12 @@ def run_one(mutation: Mutation, scratch: Path) -> tuple[bool, float, str]:
     env = {**os.environ, "PYTHONPATH": str(scratch), "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     try:
+        # A mutant may hang (e.g. a removed deadline): a hang is a failure the suite would show, so it counts as
+        # caught, but the check must go on.
         proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
-                              cwd=scratch, env=env, capture_output=True, text=True)
+                              cwd=scratch, env=env, capture_output=True, text=True, timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        return True, time.perf_counter() - start, f"hung for {HANG_S} s"
     finally:
         path.write_text(original)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("FAILED") or " passed" in line]

@@ -204,4 +204,8 @@ def test_resume_keys_change_with_everything_that_changes_a_result(override):
     a, b = keys(base), keys([*base, *override])
     method_keys = [k for k in a if k[1] == "method" and k[2] == "dps"]
     assert method_keys and all(a[k] != b[k] for k in method_keys)
+    # Baselines depend on the model and the chunking, not on the sampler or the method: reused only then.
+    baseline_keys = [k for k in a if k[1] == "baseline"]
+    model_side = override[0].split(".")[0] in ("--model", "--chunk", "--report")
+    assert baseline_keys and all((a[k] != b[k]) == model_side for k in baseline_keys)
     assert keys(base) == a  # and the keys are stable when nothing changes
