@@ -122,7 +122,8 @@ def _why_silent(name: str, x: torch.Tensor, channels: torch.Tensor, mono: MonoMo
         return (f"{name}: channel 0 is silent but other channels are not ({channels.shape[1]} channels); "
                 "gdr keeps channel 0 as AudioLDM2 does: pass --data.mono mean to average the channels")
     if x.abs().max() >= SILENCE_PEAK:
-        return (f"{name}: the audio is a constant (DC only, value {float(x.mean()):.3g}, peak {_dbfs(float(x.abs().max()))}): "
+        peak = _dbfs(float(x.abs().max()))
+        return (f"{name}: the audio is a constant (DC only, value {float(x.mean()):.3g}, peak {peak}): "
                 "after AudioLDM2's mean removal nothing is left")
     return f"{name}: the audio is silent (peak below -100 dBFS)"
 

@@ -193,7 +193,8 @@ def build_tiny_pipeline(seed: int = 0, checkpoint: str = "audioldm2"):
     return AudioLDM2Pipeline(**build_components(checkpoint, "tiny", seed))
 
 
-def build_real_size_components(seed: int = 0, dtype: torch.dtype = torch.float32, checkpoint: str = "audioldm2") -> dict:
+def build_real_size_components(seed: int = 0, dtype: torch.dtype = torch.float32,
+                               checkpoint: str = "audioldm2") -> dict:
     """VAE, UNet, vocoder and scheduler of the published size with random weights (benchmarks).
 
     Returns ``{"vae", "unet", "vocoder", "scheduler"}``.

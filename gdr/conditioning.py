@@ -152,7 +152,7 @@ class TextStack:
 
     @torch.no_grad()
     def clap_text(self, prompt: str) -> torch.Tensor:
-        """CLAP text embedding ``(1, 1, P)`` of `prompt` (P = 512), padded to the tokenizer's length as diffusers does."""
+        """CLAP text embedding ``(1, 1, P)`` of `prompt` (P = 512), padded to the tokenizer's length (as diffusers)."""
         tokenizer = self.part("tokenizer")
         tokens = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                            return_tensors="pt")

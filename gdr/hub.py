@@ -42,7 +42,8 @@ CORE = ("vae", "unet", "vocoder")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CONFIG_FILES = ("model_index.json", "*/config.json", "*/scheduler_config.json", "*/preprocessor_config.json",
                  "*/generation_config.json")
-_TOKENIZER_FILES = ("tokenizer*/tokenizer.json", "tokenizer*/tokenizer_config.json", "tokenizer*/special_tokens_map.json",
+_TOKENIZER_FILES = ("tokenizer*/tokenizer.json", "tokenizer*/tokenizer_config.json",
+                    "tokenizer*/special_tokens_map.json",
                     "tokenizer*/vocab.json", "tokenizer*/merges.txt", "tokenizer*/spiece.model",
                     "tokenizer*/added_tokens.json")
 
@@ -223,8 +224,8 @@ def resolve_model_folder(pretrained: str, cache_dir: Path, variant: str | None =
         folder = Path(huggingface_hub.snapshot_download(pretrained, local_files_only=True))
     except Exception:
         if hub_offline():
-            raise ModelNotFoundError(f"model {pretrained!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                     f"is set; {how_to_get()}") from None
+            raise ModelNotFoundError(f"model {pretrained!r} is neither a local folder nor in the local Hugging Face "
+                                     f"cache, and HF_HUB_OFFLINE is set; {how_to_get()}") from None
         folder = download(pretrained, variant)
     check_model_folder(folder, variant)
     return folder

@@ -207,7 +207,7 @@ def main() -> int:
         for name in COPIED:
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, scratch / name)
-        print(f"| mutation | file | what | caught | s | first failing test |\n|---|---|---|---|---|---|", flush=True)
+        print("| mutation | file | what | caught | s | first failing test |\n|---|---|---|---|---|---|", flush=True)
         missed = 0
         for m in chosen:
             caught, seconds, note = run_one(m, scratch)

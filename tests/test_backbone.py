@@ -89,7 +89,8 @@ def test_incomplete_model_folders_give_one_line(tiny_dir, tmp_path, damage, need
 def test_hub_id_offline_gives_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache.*configs/smoke.yaml"):
+    with pytest.raises(ModelNotFoundError,
+                       match="neither a local folder nor in the local Hugging Face cache.*configs/smoke.yaml"):
         AudioLDM2.from_pretrained("cvssp/audioldm2", cache_dir=tmp_path / "cache")
 
 

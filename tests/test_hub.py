@@ -153,7 +153,7 @@ def test_offline_mode_never_touches_the_network(tmp_path, silent_server, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent_server.port}")
-    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(ModelNotFoundError, match="nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set"):
         hub.resolve_model_folder("cvssp/audioldm2", tmp_path)
     time.sleep(0.2)
     assert silent_server.first_connection is None
