@@ -11,7 +11,8 @@ Prints markdown tables (paste them into benchmarks/README.md):
    conditioning, steps, batch, dtype, device, in this process) and, for decoder-gradient methods, the ratio to
    their arithmetic bound: UNet forwards (+ backwards for DPS) and decoder forward+backward passes, each timed
    alone, with their FLOPs counted by `torch.utils.flop_counter`.
-2. The every-k option of DPS as a speed/quality trade-off (final measurement residual).
+2. The every-k option of DPS as a speed/quality trade-off (final measurement residual); classifier-free
+   guidance against diffusers' CFG loop.
 3. Precision and compile variants of the plain loop.
 4. Peak memory (RSS on CPU, max allocated on GPU) and wall time of the chunked path for 10 s, 1 min and 10 min
    inputs, each in a fresh process, with the fitted seconds-per-audio-second slope.
@@ -237,6 +238,43 @@ def speed(size: str, args, device, dtype) -> list[str]:
     return rows
 
 
+def cfg_speed(size: str, args, device, dtype) -> list[str]:
+    """Classifier-free guidance: gdr's loop (guidance none) against diffusers' CFG loop, same embeddings."""
+    from gdr.conditioning import Conditioning
+
+    model, pipe = build(size, device, dtype)
+    z_shape = model.waveform_to_latent(clip(args.seconds, device)).shape
+    cond = model.null_condition
+    gen = torch.Generator().manual_seed(2)
+    uncond = Condition(torch.randn(cond.gpt2.shape, generator=gen), torch.randn(cond.t5.shape, generator=gen),
+                       cond.t5_mask.cpu(), "benchmark").to(device, dtype)
+    conditioning = Conditioning(cond, uncond, 3.5)
+    latents = torch.randn(z_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    zeros = torch.zeros(z_shape, device=device, dtype=dtype)
+    measurement = LatentMeasurement(zeros, zeros)
+    steps = args.steps
+
+    def peer():
+        with torch.no_grad():
+            pipe(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2,
+                 negative_prompt_embeds=uncond.t5, negative_attention_mask=uncond.t5_mask,
+                 negative_generated_prompt_embeds=uncond.gpt2, guidance_scale=3.5, num_inference_steps=steps,
+                 audio_length_in_s=z_shape[2] * 4 * 0.01, latents=latents.clone(), output_type="latent")
+
+    def ours():
+        with torch.no_grad():
+            sample(model.denoiser(conditioning), model.scheduler, build_guidance("none"), Constant(0.0), measurement,
+                   steps=steps, generator=torch.Generator(device=device).manual_seed(0))
+
+    t_ours, t_peer = interleaved(ours, peer, device, args.repeats)
+    return [f"\nClassifier-free guidance (w = 3.5, one batched UNet call per step), {size} model, latent "
+            f"{tuple(z_shape)}, {steps} steps, {str(dtype).replace('torch.', '')}, {device.type}; timed alternately:\n",
+            "| loop | s | ms/step | x diffusers CFG loop | target |", "|---|---|---|---|---|",
+            f"| diffusers AudioLDM2Pipeline, guidance_scale 3.5 | {t_peer:.3f} | {1000 * t_peer / steps:.1f} | 1.00 | |",
+            f"| gdr, guidance none, cfg_scale 3.5 | {t_ours:.3f} | {1000 * t_ours / steps:.1f} | {t_ours / t_peer:.3f} "
+            "| <= 1.05x |"]
+
+
 class RssSampler:
     """Peak resident memory of this process while a block runs (sampled every 5 ms from /proc/self/statm).
 
@@ -370,6 +408,7 @@ def main() -> None:
     if not args.memory_only:
         for size in args.sizes:
             lines += speed(size, args, device, dtype)
+            lines += cfg_speed(size, args, device, dtype)
     if args.profile:
         lines += profile(args, device)
     if not args.no_memory:

@@ -7,6 +7,7 @@ safetensors. Where the model comes from (tiny, local folder, hub) is `gdr.hub`'s
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from gdr.audio import HOP_LENGTH, LOG_FLOOR, log_mel
-from gdr.conditioning import Condition, NullConditionKind, load_null_condition
+from gdr.conditioning import Condition, Conditioning, NullConditionKind, load_null_condition
 from gdr.errors import ConfigError, ModelNotFoundError
 from gdr.hub import DEFAULT_MODEL, first_line, how_to_get, resolve_model_folder
 
@@ -186,9 +187,23 @@ class AudioLDM2(nn.Module):
         return self.mel_to_waveform(self.latent_to_mel(z), num_samples)
 
     # ---------------------------------------------------------------- denoiser
-    def eps(self, z_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """UNet noise prediction with the null condition. ``z_t``: ``(B, 8, L, 16)``; same shape out."""
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor | int, conditioning: Conditioning | None = None) -> torch.Tensor:
+        """UNet noise prediction ``(B, 8, L, 16)`` -> same shape, conditioned on `conditioning` (default: the null).
+
+        With classifier-free guidance the conditional and unconditional branches run in one UNet call on
+        the doubled batch, as ``AudioLDM2Pipeline.__call__`` does, and are combined by `Conditioning.combine`.
+        """
         unet_dtype = next(self.unet.parameters()).dtype
-        cond = self.null_condition.expand(z_t.shape[0])
-        out = self.unet(self.scheduler.scale_model_input(z_t, t).to(unet_dtype), t, return_dict=False, **cond)[0]
-        return out.to(z_t.dtype)
+        if conditioning is None:
+            conditioning = Conditioning(self.null_condition)
+        kwargs = {k: v.to(z_t.device, unet_dtype if v.is_floating_point() else v.dtype)
+                  for k, v in conditioning.unet_kwargs(z_t.shape[0]).items()}
+        z_in = torch.cat([z_t, z_t]) if conditioning.cfg else z_t
+        out = self.unet(self.scheduler.scale_model_input(z_in, t).to(unet_dtype), t, return_dict=False, **kwargs)[0]
+        return conditioning.combine(out).to(z_t.dtype)
+
+    def denoiser(self, conditioning: Conditioning | None = None):
+        """``(z_t, t) -> eps`` with `conditioning` bound: what the sampler and the guidance methods call."""
+        if conditioning is None:
+            return self.eps
+        return functools.partial(self.eps, conditioning=conditioning)

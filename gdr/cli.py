@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-from gdr.errors import GdrError
+from gdr.errors import GdrError, GdrWarning
 
 
 def quiet_lightning() -> None:
@@ -21,10 +21,25 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+def _one_line_warnings() -> None:
+    """`GdrWarning`s print as one ``warning: ...`` line; other warnings keep Python's format."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, GdrWarning):
+            return f"warning: {' '.join(str(message).split())}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+
+
 def main_guard(main: Callable[[], int]) -> int:
     """Run `main`; a `GdrError` prints one line and returns 1, Ctrl-C returns 130. Bugs still raise."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_lightning()
+    _one_line_warnings()
     try:
         return main()
     except GdrError as exc:

@@ -8,6 +8,7 @@ LightningCLI); range checks that types cannot express live in each dataclass's `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -27,7 +28,6 @@ class ModelConfig:
     """Which AudioLDM2 to load and how.
 
     pretrained: hub id, local pipeline folder, or ``gdr-tiny`` (the built-in random tiny model).
-    null_condition: ``original`` (what the UNet was trained with) or ``diffusers`` (``""`` through the text stack).
     cache_dir: where the tiny model and the cached null conditioning live (default ``$GDR_CACHE`` or ``~/.cache/gdr``).
     lora_path: a LoRA adapter folder written by ``scripts/train.py`` (lora.safetensors + adapter_config.json).
     dtype: the UNet's dtype; the VAE and vocoder stay float32 when the VAE config asks (``force_upcast``).
@@ -38,7 +38,6 @@ class ModelConfig:
     pretrained: str = "cvssp/audioldm2"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
-    null_condition: Literal["original", "diffusers"] = "original"
     cache_dir: Optional[str] = None
     lora_path: Optional[str] = None
     attention: Literal["sdpa", "eager"] = "sdpa"
@@ -51,11 +50,14 @@ class DataConfig:
     """Input clips: every audio file under ``root``, or the built-in demo clips when ``root`` is null.
 
     mono: ``first`` keeps channel 0 (as AudioLDM2 does), ``mean`` averages the channels.
+    kind: the kind of every clip that neither ``manifest.csv`` nor a folder name marks (``speech`` turns on the
+    speech metrics; ``data/README.md``); null means ``other``.
     """
 
     root: Optional[str] = None
     mono: Literal["first", "mean"] = "first"
     demo_seconds: float = 6.0
+    kind: Optional[Literal["speech", "music", "sound", "other"]] = None
 
     def __post_init__(self):
         _positive("data.demo_seconds", self.demo_seconds)
@@ -140,6 +142,30 @@ class SamplerConfig:
 
 
 @dataclass
+class ConditionConfig:
+    """What the prior is conditioned on (`gdr.conditioning.ConditionSpec`; computed once per clip and cached).
+
+    text: a prompt, e.g. ``"a man speaking"`` ("" = none); negative_text: CFG's negative prompt.
+    cfg_scale: classifier-free guidance weight (1 = none; AudioLDM2's pipeline default is 3.5).
+    audio: ``none`` or ``measurement``: condition on the CLAP audio embedding of the degraded input
+    (no typing; the T5 stream comes from ``text`` or ""). unconditional: the null condition, ``original``
+    (zeros for the GPT-2 stream, what the UNet was trained with) or ``diffusers`` ("" through the text
+    stack): the UNet's condition when there is neither text nor audio, and CFG's unconditional branch.
+    """
+
+    text: str = ""
+    negative_text: str = ""
+    cfg_scale: float = 1.0
+    audio: Literal["none", "measurement"] = "none"
+    unconditional: Literal["original", "diffusers"] = "original"
+
+    def __post_init__(self):
+        from gdr.conditioning import ConditionSpec
+
+        ConditionSpec.from_dict(dataclasses.asdict(self))  # the same checks as for sweep values
+
+
+@dataclass
 class SweepConfig:
     """A grid over recipes: dotted keys (``guidance.name``, ``guidance.scale``, ``degradation``,
     ``sampler.steps``, ...) mapped to lists; the run covers their Cartesian product x clips x seeds.
@@ -171,6 +197,13 @@ class ReportConfig:
 
     seed_metrics: also compute and report the seed experiment's own waveform MSE, SNR and correlation
     (unaligned, against the input; ``configs/seed_experiment.yaml``), with their paired verdicts.
+    correction: how the p-values of all the report's comparisons are adjusted together: ``holm`` (family-wise
+    error rate), ``bh`` (Benjamini-Hochberg, false discovery rate) or ``none`` (`gdr.stats`).
+    primary: the primary metric per task, fixed before the run: keys are a degradation name (``gaps``), a task
+    label (``lowpass(cutoff_hz=4000)``) or ``default``; e.g. ``{default: lsd, gaps: plcmos, noise: pesq_wb}``.
+    fad: compute FAD per method when the embedding weights are there (else one line says how to get them);
+    fad_weights: the folder holding the PANN Cnn14 16 kHz checkpoint ``Cnn14_16k_mAP%3D0.438.pth`` (default
+    ``$GDR_CACHE/fad``; `gdr.fad`).
     """
 
     bootstrap: int = 2000
@@ -178,12 +211,22 @@ class ReportConfig:
     confidence: float = 0.95
     embed_audio: bool = True
     wandb_project: str = "gdr"
+    correction: Literal["holm", "bh", "none"] = "holm"
+    primary: dict = field(default_factory=lambda: {"default": "lsd"})
+    fad: bool = True
+    fad_weights: Optional[str] = None
 
     def __post_init__(self):
         if self.bootstrap < 100:
             raise ConfigError(f"report.bootstrap must be >= 100, got {self.bootstrap}")
         if not 0.5 < self.confidence < 1:
             raise ConfigError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+        from gdr.metrics import HIGHER_IS_BETTER
+
+        for task, metric in (self.primary or {}).items():
+            if metric not in HIGHER_IS_BETTER:
+                raise ConfigError(f"report.primary.{task}: unknown metric {metric!r}; known: "
+                                  f"{', '.join(HIGHER_IS_BETTER)}")
 
 
 def build_parser() -> ArgumentParser:
@@ -202,6 +245,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--degradation", type=DegradationConfig, default=DegradationConfig())
     parser.add_argument("--guidance", type=GuidanceConfig, default=GuidanceConfig())
     parser.add_argument("--sampler", type=SamplerConfig, default=SamplerConfig())
+    parser.add_argument("--condition", type=ConditionConfig, default=ConditionConfig())
     parser.add_argument("--sweep", type=SweepConfig, default=SweepConfig())
     parser.add_argument("--trainer", type=TrainerConfig, default=TrainerConfig())
     parser.add_argument("--report", type=ReportConfig, default=ReportConfig())

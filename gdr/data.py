@@ -2,10 +2,17 @@
 
 Every clip is validated and normalised (``gdr.audio.prepare_waveform``) before any model work
 starts, so one bad file stops a run before anything is written.
+
+Every clip has a ``kind`` (`CLIP_KINDS`: speech, music, sound, other) that decides which metrics apply to it
+(speech metrics only to speech, `gdr.speech_metrics.applicable`). Where it comes from, first match wins: the
+``kind`` column of ``manifest.csv`` in the data folder (columns ``path,kind``, paths relative to the folder);
+the nearest enclosing folder named like a kind (``speech/``, ``music/``, ``sound/``, the data folder itself
+included); ``data.kind``; else ``other``. See ``data/README.md``.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from dataclasses import dataclass
@@ -17,6 +24,9 @@ import torch
 
 from gdr.audio import SAMPLE_RATE, MonoMode, load_audio, prepare_waveform
 from gdr.errors import AudioFileNotFoundError, ConfigError
+from gdr.speech_metrics import CLIP_KINDS
+
+MANIFEST = "manifest.csv"
 
 # Extensions soundfile (libsndfile >= 1.1) reads; other files in a data folder are ignored.
 AUDIO_EXTENSIONS = frozenset(f".{ext.lower()}" for ext in sf.available_formats()) | {".mp3", ".oga", ".opus"}
@@ -29,6 +39,7 @@ class Clip:
     name: str
     waveform: torch.Tensor
     source: str
+    kind: str = "other"  # one of CLIP_KINDS: decides which metrics apply
 
 
 def list_audio_files(root: str | os.PathLike) -> list[Path]:
@@ -44,15 +55,61 @@ def list_audio_files(root: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_folder(root: str | os.PathLike, *, mono: MonoMode = "first") -> list[Clip]:
-    """Load and validate every audio file under `root`; the first bad file raises, naming it."""
+def _check_kind(kind: str, where: str) -> str:
+    if kind not in CLIP_KINDS:
+        raise ConfigError(f"{where}: unknown clip kind {kind!r}; known: {', '.join(CLIP_KINDS)}")
+    return kind
+
+
+def read_manifest(base: Path) -> dict[Path, str]:
+    """``{resolved audio path: kind}`` from ``base/manifest.csv`` (columns ``path`` and ``kind``; others are
+    ignored), or ``{}`` without one. A missing column, an unknown kind or a path that is no file raises
+    `ConfigError` naming the manifest and its line."""
+    manifest = base / MANIFEST
+    if not manifest.is_file():
+        return {}
+    kinds = {}
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "kind"} <= set(reader.fieldnames or ()):
+            raise ConfigError(f"{manifest}: needs the columns path and kind, found {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{manifest}, line {line}"
+            path = (base / (row["path"] or "").strip()).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{where}: {row['path']!r} is not a file under {base}")
+            kinds[path] = _check_kind((row["kind"] or "").strip(), where)
+    return kinds
+
+
+def clip_kind(path: Path, base: Path, manifest: dict[Path, str], default: str | None = None) -> str:
+    """The kind of the file `path` under `base`: manifest, else nearest folder named like a kind (up to and
+    including `base`), else `default`, else ``other``."""
+    if path.resolve() in manifest:
+        return manifest[path.resolve()]
+    folder = path.parent
+    while True:
+        if folder.name in CLIP_KINDS:
+            return folder.name
+        if folder == base or folder == folder.parent:
+            break
+        folder = folder.parent
+    return _check_kind(default, "data.kind") if default is not None else "other"
+
+
+def load_folder(root: str | os.PathLike, *, mono: MonoMode = "first", kind: str | None = None) -> list[Clip]:
+    """Load and validate every audio file under `root`; the first bad file raises, naming it.
+
+    Each clip's `Clip.kind` comes from `clip_kind` (`kind` is the default for files nothing else marks)."""
     root = Path(root)
     files = list_audio_files(root)
     base = root if root.is_dir() else root.parent
+    manifest = read_manifest(base)
     clips = []
     for path in files:
         name = path.relative_to(base).with_suffix("").as_posix().replace("/", "__")
-        clips.append(Clip(name=name, waveform=load_audio(path, mono=mono), source=str(path)))
+        clips.append(Clip(name=name, waveform=load_audio(path, mono=mono), source=str(path),
+                          kind=clip_kind(path, base, manifest, kind)))
     return clips
 
 
@@ -93,5 +150,6 @@ def demo_clips(seconds: float = 6.0, seed: int = 0) -> list[Clip]:
         bursts[i:i + len(seg)] += np.convolve(seg, np.ones(4) / 4, mode="same") * np.hanning(len(seg))
 
     signals = {"tone_vibrato": tone, "drums": drums, "chirp": chirp, "noise_bursts": bursts}
-    return [Clip(name, prepare_waveform(sig.astype(np.float32), SAMPLE_RATE, name=f"demo:{name}"), f"demo:{name}")
-            for name, sig in signals.items()]
+    kinds = {"tone_vibrato": "music", "drums": "music", "chirp": "other", "noise_bursts": "sound"}  # none is speech
+    return [Clip(name, prepare_waveform(sig.astype(np.float32), SAMPLE_RATE, name=f"demo:{name}"), f"demo:{name}",
+                 kinds[name]) for name, sig in signals.items()]

@@ -48,3 +48,10 @@ class ConfigError(GdrError, ValueError):
 
 class UnsupportedModelError(GdrError):
     """A model folder that loads but that gdr cannot run correctly (e.g. the AudioLDM2 speech checkpoints)."""
+
+
+class GdrWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. a prompt truncated by a tokenizer).
+
+    The scripts print it as one ``warning: <message>`` line.
+    """

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import resource
@@ -41,6 +42,7 @@ from gdr.audio import SAMPLE_RATE, write_wav
 from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
 from gdr.builders import is_random_weights
+from gdr.conditioning import ConditionCache, Conditioning, ConditionSpec, check_audio_branch
 from gdr.cli import quiet_lightning
 from gdr.chunking import chunk_layout, process_in_chunks
 from gdr.data import Clip, demo_clips, load_folder
@@ -50,7 +52,8 @@ from gdr.guidance import build_guidance
 from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.schedules import schedule_for
-from gdr.sweep import Item, expand_grid, recipe_label, task_label
+from gdr.speech_metrics import applicable, speech_scores
+from gdr.sweep import Item, condition_label, expand_grid, recipe_label, task_label
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_BASELINES = ("degraded", "vocoder_roundtrip", "vae_roundtrip")
@@ -67,15 +70,15 @@ def load_clips(data) -> list[Clip]:
     """All clips of the run, validated before any model work (`DataConfig`)."""
     if data.root is None:
         return demo_clips(data.demo_seconds)
-    return load_folder(data.root, mono=data.mono)
+    return load_folder(data.root, mono=data.mono, kind=data.kind)
 
 
-def load_model(model_cfg, device: torch.device | None = None) -> AudioLDM2:
+def load_model(model_cfg, device: torch.device | None = None, null_condition: str = "original") -> AudioLDM2:
     return AudioLDM2.from_pretrained(
         model_cfg.pretrained,
         dtype=DTYPES[model_cfg.dtype],
         device=device or resolve_device(model_cfg.device),
-        null_condition=model_cfg.null_condition,
+        null_condition=null_condition,
         cache_dir=model_cfg.cache_dir,
         lora_path=model_cfg.lora_path,
         attention=model_cfg.attention,
@@ -142,14 +145,14 @@ def plan_evaluation(objects) -> Plan:
         "degradation": dataclasses.asdict(objects.degradation),
         "guidance": dataclasses.asdict(objects.guidance),
         "sampler": {k: v for k, v in dataclasses.asdict(objects.sampler).items() if k != "seeds"},
+        "condition": dataclasses.asdict(objects.condition),
     }
     recipes = expand_grid(base, objects.sweep.grid)
     lora = objects.model.lora_path
     # Content hashes, not paths, so that a retrained adapter or schedule at the same path is not "done".
     context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
                "dtype": objects.model.dtype, "variant": objects.model.variant,
-               "seed_metrics": objects.report.seed_metrics,
-               "null_condition": objects.model.null_condition, "chunk": dataclasses.asdict(objects.chunk)}
+               "seed_metrics": objects.report.seed_metrics, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -157,6 +160,7 @@ def plan_evaluation(objects) -> Plan:
         if not isinstance(recipe["sampler"]["steps"], int) or not 1 <= recipe["sampler"]["steps"] <= 1000:
             raise ConfigError(f"sampler.steps must be an integer in [1, 1000], got {recipe['sampler']['steps']!r}")
         degradation, guidance, _ = _recipe_objects(recipe)
+        ConditionSpec.from_dict(recipe["condition"])  # sweep values skip the dataclass checks
         scheduler = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[recipe["sampler"]["scheduler"]]()
         try:
             guidance.validate(degradation, scheduler)
@@ -173,7 +177,9 @@ def plan_evaluation(objects) -> Plan:
         raise ConfigError("the sweep grid is empty after removing incompatible combinations")
 
     clips = {clip.name: clip for clip in load_clips(objects.data)}
-    hashes = {name: hash_bytes(clip.waveform)[:16] for name, clip in clips.items()}
+    # The kind is part of the key: it decides which metrics a record holds (re-marking a clip recomputes it).
+    hashes = {name: hash_bytes(clip.waveform)[:16] + ("" if clip.kind == "other" else f"-{clip.kind}")
+              for name, clip in clips.items()}
     tasks = {}
     for recipe in kept:
         tasks.setdefault(json.dumps(recipe["degradation"], sort_keys=True), recipe)
@@ -194,6 +200,7 @@ def plan_evaluation(objects) -> Plan:
                 inversion = copy.deepcopy(task_recipe)
                 inversion["guidance"] = {"name": "decoder_inversion", "scale": 1.0, "schedule": "constant",
                                          "start_scale": None, "params": {}, "schedule_path": None}
+                inversion["condition"] = dataclasses.asdict(ConditionSpec())  # it never calls the UNet
                 items.append(Item("method", name, hashes[name], task, recipe_label(inversion), inversion, seed=0))
         for recipe in kept:
             task = task_label(recipe["degradation"])
@@ -227,6 +234,7 @@ class EvaluationRunner(L.LightningModule):
         self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
         self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
         self.chunk_batch = chunk_cfg.batch_size
+        self.conditionings: dict[str, Conditioning] = {}  # condition_key -> conditioning (`prepare_conditionings`)
 
     def record_path(self, item: Item) -> Path:
         return self.out_dir / "items" / f"{item.key}.json"
@@ -248,10 +256,14 @@ class EvaluationRunner(L.LightningModule):
         y = self.measurement(item, degradation)
         if item.kind == "method":
             s = item.recipe["sampler"]
+            conditioning = self.conditionings.get(condition_key(item))
+            if conditioning is not None:
+                conditioning = conditioning.to(self.model.device, next(self.model.unet.parameters()).dtype)
             module = GuidedReconstructor(self.model, degradation, guidance, schedule, steps=s["steps"], eta=s["eta"],
                                          scheduler=s["scheduler"], domain=s["domain"],
                                          return_denoised=s["return_denoised"], chunk_samples=self.chunk,
-                                         overlap_samples=self.overlap, chunk_batch=self.chunk_batch)
+                                         overlap_samples=self.overlap, chunk_batch=self.chunk_batch,
+                                         conditioning=conditioning)
             return module.reconstruct_clip(y, seed_for(item.clip, item.seed)), False
         baseline = BASELINES["vae_roundtrip" if item.method == ORACLE else item.method]
         source = x if item.method == ORACLE else y
@@ -283,16 +295,22 @@ class EvaluationRunner(L.LightningModule):
         clip = self.plan.clips[item.clip]
         reference = clip.waveform.double()
         aligned = align(out.detach().cpu(), clip.waveform)
-        row = {"clip": item.clip, "task": item.task, "method": item.method, "kind": item.kind,
+        row = {"clip": item.clip, "clip_kind": clip.kind, "task": item.task, "method": item.method, "kind": item.kind,
                "guidance": item.recipe["guidance"]["name"] if item.kind == "method" else item.method,
                "scale": item.recipe["guidance"]["scale"] if item.kind == "method" else "",
                "steps": item.recipe["sampler"]["steps"] if item.kind == "method" else "",
+               # Which condition the prior sampled with; "none" where no UNet ran (baselines, decoder inversion).
+               "condition": condition_label(item.recipe) if uses_prior(item) else "none",
                "seed": "" if item.seed is None else item.seed, "phase_coherent": phase}
         for name, fn in PER_ITEM.items():
             if name in PHASE_METRICS and not phase:
                 row[name] = ""  # a waveform metric of a phase-free output would read like a score: blank
                 continue
             row[name] = round(float(fn(aligned[None].double(), reference[None])[0]), 6)
+        # Speech metrics only where they mean something (speech clips; PLCMOS on gaps): absent elsewhere.
+        names = applicable(clip.kind, item.recipe["degradation"])
+        for name, value in speech_scores(out.detach().cpu(), aligned, clip.waveform, names).items():
+            row[name] = round(value, 6) if math.isfinite(value) else ""  # NaN: PESQ found no speech in the output
         if self.seed_metrics:  # the seed's own numbers: the raw output, not aligned, against the input
             raw = out.detach().cpu()[None].double()
             for name, fn in SEED_METRICS.items():
@@ -302,6 +320,51 @@ class EvaluationRunner(L.LightningModule):
         write_wav(wav, out)
         record = {"row": row, "wav": str(wav.relative_to(self.out_dir))}
         write_text(self.record_path(item), json.dumps(record))
+
+
+def uses_prior(item: Item) -> bool:
+    """Whether the item runs the diffusion prior (and so has a condition)."""
+    return item.kind == "method" and item.recipe["guidance"]["name"] != "decoder_inversion"
+
+
+def condition_key(item: Item) -> str:
+    """What an item's conditioning depends on: the spec, and for ``audio: measurement`` the measured clip."""
+    spec = ConditionSpec.from_dict(item.recipe.get("condition"))
+    if spec.conditioned and spec.audio == "measurement":
+        degradation = {k: v for k, v in item.recipe["degradation"].items()}
+        return json.dumps([dataclasses.asdict(spec), item.clip_hash, item.clip, degradation], sort_keys=True)
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def prepare_conditionings(runner: "EvaluationRunner", items: list[Item], cache_dir, progress: bool = False) -> None:
+    """Compute (or read from the cache) every conditioning `items` need, then free the text stack.
+
+    Runs before any item, so a folder without what a condition needs (e.g. CLAP's audio branch) stops
+    the run before anything is written.
+    """
+    from tqdm.auto import tqdm
+
+    from gdr.backbone import default_cache_dir
+
+    needed = {}
+    for item in items:
+        if uses_prior(item):
+            needed.setdefault(condition_key(item), item)
+    cache = ConditionCache(runner.model.source, cache_dir or default_cache_dir())
+    work = []
+    for key, item in needed.items():
+        spec = ConditionSpec.from_dict(item.recipe.get("condition"))
+        audio = None
+        if spec.conditioned and spec.audio == "measurement":
+            audio = runner.measurement(item, _recipe_objects(item.recipe)[0])
+        work.append((key, spec, audio))
+    if any(audio is not None and not cache.path(spec, audio).exists() for _, spec, audio in work):
+        check_audio_branch(runner.model.source)  # before the progress bar: one line, nothing else
+    try:
+        for key, spec, audio in tqdm(work, desc="conditions", disable=not progress or len(work) < 2, leave=False):
+            runner.conditionings[key] = cache.get(spec, audio)
+    finally:
+        cache.close()
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -362,7 +425,8 @@ def run(cfg, objects, parser) -> Path | None:
     trainer_cfg = objects.trainer
     device = resolve_device(objects.model.device)
     accelerator = trainer_cfg.accelerator if trainer_cfg.accelerator != "auto" else device.type
-    model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device)
+    model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device,
+                       null_condition=objects.condition.unconditional)
     plan.random_weights = plan.random_weights or is_random_weights(model.source)
     # The chunk length and overlap on this model's grid (a ConfigError here is still before any work).
     chunk_layout(1, round(objects.chunk.seconds * SAMPLE_RATE), round(objects.chunk.overlap_seconds * SAMPLE_RATE),
@@ -371,6 +435,7 @@ def run(cfg, objects, parser) -> Path | None:
     if int(os.environ.get("RANK", "0")) == 0:
         remove_stale_temporaries(out_dir, older_than=started)
     pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]
+    prepare_conditionings(runner, [plan.items[i] for i in pending], objects.model.cache_dir, objects.progress)
     start = time.perf_counter()
     if pending:
         quiet_lightning()  # also when called from Python rather than the script

@@ -17,6 +17,7 @@ estimate), so the same formulas give the final output.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,9 @@ class Context:
     timesteps: torch.Tensor
     generator: torch.Generator | None
     keep_graph: bool = False  # the sampler keeps the graph through this step (learning the schedule)
+    # The sampler's own ``(z_t (B, C, L, F), t) -> eps`` callable, for methods that need more UNet passes than the
+    # step's one (DAPS's probability-flow ODE, ReSample's look-ahead). Conditioning lives inside it.
+    eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def noise_like(self, z: torch.Tensor) -> torch.Tensor:
         return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
@@ -390,3 +394,7 @@ def build_guidance(name: str, params: dict | None = None) -> Guidance:
         raise ConfigError(f"guidance.params has a non-text key {odd[0]!r}: quote it in YAML, e.g. "
                           "'{\"on\": denoised}' (a bare on/off/yes/no is read as a boolean)")
     return GUIDANCE.build(name, **params)
+
+
+# The latent posterior samplers of 2023-25 live in their own module and register here.
+from gdr import latent_posterior  # noqa: E402,F401  (import for registration)

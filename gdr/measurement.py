@@ -7,6 +7,11 @@
   vocoder: ``mask * (D(z) - M(y))``; otherwise it is ``M(A(V(D(z)))) - M(y)``.
 * `LatentMeasurement`: ``y = mask * z + noise`` directly in latent space. Linear, with a
   closed-form proximal step: the Gaussian oracle tests use it, and it is a cheap surrogate.
+
+The latent posterior samplers (`gdr.latent_posterior`: PSLD's gluing term, ReSample's pixel stage) also
+need the "pixel" side of the decoder: ``decode`` (``u = D(z)``, the mel for AudioLDM2), ``residual_from``
+(the residual of a pixel estimate), ``glue`` (``u`` made consistent with ``y``: PSLD's
+``A^T y + (I - A^T A) u``) and ``encode`` (``E``). ``residual(z) = residual_from(decode(z))``.
 """
 
 from __future__ import annotations
@@ -26,9 +31,33 @@ class Measurement(abc.ABC):
     z_y: torch.Tensor
     latent_mask: torch.Tensor | None = None
 
-    @abc.abstractmethod
     def residual(self, z0: torch.Tensor) -> torch.Tensor:
         """``A(G(z0)) - y`` (differentiable in `z0`), ``(B, ...)``."""
+        return self.residual_from(self.decode(z0))
+
+    @abc.abstractmethod
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """``u = D(z0)``: the pixel-side estimate the residual is computed from (differentiable)."""
+
+    @abc.abstractmethod
+    def residual_from(self, u: torch.Tensor) -> torch.Tensor:
+        """``A(V(u)) - y`` (or its mel) for a pixel-side estimate `u` (differentiable), ``(B, ...)``."""
+
+    @abc.abstractmethod
+    def encode(self, u: torch.Tensor) -> torch.Tensor:
+        """``E(u)``: back to a latent shaped like `z_y` (differentiable)."""
+
+    @abc.abstractmethod
+    def glue(self, u: torch.Tensor) -> torch.Tensor:
+        """`u` made consistent with ``y``: PSLD's ``A^T y + (I - A^T A) u`` (differentiable in `u`).
+
+        For an orthogonal projection ``A`` (masks, the ideal low-pass, the identity) this is also the point that
+        gradient descent on ``|A u - y|^2`` started at `u` converges to (ReSample's pixel-space optimisation).
+        """
+
+    def consistent_latent(self, u: torch.Tensor) -> torch.Tensor:
+        """``E(glue(u))``: the latent PSLD's gluing term pulls ``z0_hat`` toward, ``(B, C, L, F)``."""
+        return self.encode(self.glue(u))
 
     def prox(self, z0_hat: torch.Tensor, weight: float, rho: float) -> torch.Tensor | None:
         """Closed form of ``argmin_z weight |residual(z)|^2 + rho |z - z0_hat|^2``, or None if there is none."""
@@ -57,14 +86,35 @@ class DecoderMeasurement(Measurement):
         latent_mask = op.latent_mask(self.z_y.shape[2], self.num_samples, model.vae_scale)
         self.latent_mask = None if latent_mask is None else latent_mask.to(y.device, self.z_y.dtype)
 
-    def residual(self, z0: torch.Tensor) -> torch.Tensor:
-        mel = self.model.latent_to_mel(z0)[:, :, : self.target_mel.shape[2]].to(self.y.dtype)
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """``(B, 8, L, 16)`` -> ``(B, 1, T, 64)`` log-mel ``D(z0)``, trimmed to the target's frames."""
+        return self.model.latent_to_mel(z0)[:, :, : self.target_mel.shape[2]].to(self.y.dtype)
+
+    def residual_from(self, mel: torch.Tensor) -> torch.Tensor:
         if self.domain == "mel" and self.mel_mask is not None:
             return self.mel_mask * (mel - self.target_mel)
         wave = self.op(self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype))
         if self.domain == "mel":
             return log_mel(wave) - self.target_mel
         return wave - self.y
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.model.mel_to_latent(mel).to(self.z_y.dtype)
+
+    def glue(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel-domain masks: ``m M(y) + (1 - m) mel`` (``A`` = the mask, exactly PSLD's formula). Otherwise in the
+        waveform: ``x + (y - A(x))`` with ``x = V(mel)``, then the log-mel. That is ``A^T y + (I - A^T A) x`` for
+        the orthogonal projections (gaps, identity, noise; the STFT low-pass up to its redundancy); for clipping
+        it sets the reliable samples to ``y`` and clipped ones inside ``(-level, level)`` to ``y``'s clip value."""
+        if self.domain == "mel" and self.mel_mask is not None:
+            return self.mel_mask * self.target_mel + (1 - self.mel_mask) * mel
+        x = self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype)
+        return log_mel(x + (self.y - self.op(x)))
+
+    def consistent_latent(self, mel: torch.Tensor) -> torch.Tensor:
+        if self.domain == "mel" and self.mel_mask is not None and bool(self.mel_mask.all()):
+            return self.z_y  # glue(mel) = M(y) whatever mel is: E(M(y)) = z_y, no encoder pass
+        return super().consistent_latent(mel)
 
 
 class LatentMeasurement(Measurement):
@@ -75,8 +125,19 @@ class LatentMeasurement(Measurement):
         self.z_y = y
         self.latent_mask = self.mask
 
-    def residual(self, z0: torch.Tensor) -> torch.Tensor:
-        return self.mask * (z0 - self.y)
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        return z0  # D = E = I: the latent is its own pixel side
+
+    def residual_from(self, u: torch.Tensor) -> torch.Tensor:
+        return self.mask * (u - self.y)
+
+    def encode(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def glue(self, u: torch.Tensor) -> torch.Tensor:
+        # A = diag(m), the measured values A y: A^T (A y) + (I - A^T A) u = m^2 y + (1 - m^2) u.
+        m2 = self.mask.pow(2)
+        return m2 * self.y + (1 - m2) * u
 
     def prox(self, z0_hat, weight, rho):
         # Per element: minimise weight (m (z - y))^2 + rho (z - z0_hat)^2, the residual being m (z - y): the

@@ -25,6 +25,9 @@ in brackets (``tests/test_metrics.py``):
   evaluation leaves them blank for rows that are not ``phase_coherent`` (metrics.csv: empty string;
   report tables: "—"), and statistics skip them. [numpy formulas]
 
+The speech metrics (PESQ, STOI, ESTOI, DNSMOS, PLCMOS) and the rule of where they apply live in
+`gdr.speech_metrics`; FAD (set-level, optional) in `gdr.fad`.
+
 All take ``pred`` and ``target`` ``(B, N)`` waveforms at 16 kHz and return ``(B,)`` values.
 Lower is better except for ``si_sdr`` and ``snr`` (`HIGHER_IS_BETTER`). Outputs are aligned to the
 reference first (`align`: integer lag, polarity kept, then the reference's length).
@@ -39,6 +42,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio, signal_noise_ratio
 
 from gdr.audio import SAMPLE_RATE, log_mel
+from gdr.speech_metrics import HIGHER_IS_BETTER as SPEECH_HIGHER_IS_BETTER
 
 LSD_EPS = 1e-12
 # (n_fft, hop, window) per resolution: auraloss.freq.MultiResolutionSTFTLoss's defaults, passed explicitly
@@ -223,6 +227,6 @@ PER_ITEM = {
     "snr": snr,
 }
 HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True,
-                    "seed_mse": False, "seed_snr": True, "seed_corr": True}
+                    "seed_mse": False, "seed_snr": True, "seed_corr": True, **SPEECH_HIGHER_IS_BETTER}
 # Waveform metrics: blank ("") in metrics.csv and "—" in the report for rows that are not phase-coherent.
 PHASE_METRICS = ("si_sdr", "snr")

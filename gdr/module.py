@@ -18,6 +18,7 @@ import torch
 from gdr.backbone import AudioLDM2
 from gdr.baselines import pad_to_multiple
 from gdr.chunking import process_in_chunks
+from gdr.conditioning import Conditioning
 from gdr.degradations import Degradation
 from gdr.errors import ConfigError
 from gdr.guidance import Guidance
@@ -37,7 +38,7 @@ def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: 
                           support: torch.Tensor | None = None, scheduler=None, steps: int = 50, eta: float = 0.0,
                           domain: str = "mel", return_denoised: bool = True,
                           generator: torch.Generator | None = None, grad_steps: int = 0, checkpoint: bool = False,
-                          progress: bool = False) -> torch.Tensor:
+                          progress: bool = False, conditioning: Conditioning | None = None) -> torch.Tensor:
     """Guided reconstruction of a batch of measured chunks (shared by evaluation and training).
 
     Args:
@@ -45,6 +46,8 @@ def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: 
         support: ``(B, n)`` slice of ``degradation.sample_support`` (gap masks), or None.
         scheduler: defaults to the model's (DDIM). grad_steps, checkpoint: see `gdr.sampler.sample`; with
             ``grad_steps > 0`` the decoding to waveform keeps its graph too (training).
+        conditioning: what the UNet is conditioned on (text, CLAP audio, CFG; `gdr.conditioning`), one
+            condition for the whole batch; None = the model's null condition.
 
     Returns:
         ``(B, n)`` float32 reconstructions.
@@ -60,9 +63,9 @@ def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: 
     outs = []
     for items, op in groups:
         measurement = DecoderMeasurement(model, op, y_pad[items], domain=domain)
-        z = sample(model.eps, scheduler or model.scheduler, guidance, schedule, measurement, steps=steps, eta=eta,
-                   generator=generator, return_denoised=return_denoised, progress=progress, grad_steps=grad_steps,
-                   checkpoint=checkpoint)
+        z = sample(model.denoiser(conditioning), scheduler or model.scheduler, guidance, schedule, measurement,
+                   steps=steps, eta=eta, generator=generator, return_denoised=return_denoised, progress=progress,
+                   grad_steps=grad_steps, checkpoint=checkpoint)
         with torch.set_grad_enabled(grad_steps > 0):
             outs.append(model.latent_to_waveform(z, y_pad.shape[-1])[:, :n])
     return torch.cat(outs).float()
@@ -78,12 +81,13 @@ class GuidedReconstructor(L.LightningModule):
         steps: inference steps; eta: DDIM eta; scheduler: ``ddim`` or ``ddpm`` (built from the model's config).
         domain: where the data-consistency residual lives, ``mel`` or ``waveform``.
         chunk_samples, overlap_samples, chunk_batch: the long-audio path.
+        conditioning: the UNet's condition for every chunk (None = the model's null condition).
     """
 
     def __init__(self, model: AudioLDM2, degradation: Degradation, guidance: Guidance, schedule: Schedule, *,
                  steps: int = 50, eta: float = 0.0, scheduler: str = "ddim", domain: str = "mel",
                  return_denoised: bool = True, chunk_samples: int = 163_840, overlap_samples: int = 20_480,
-                 chunk_batch: int = 1, progress: bool = False):
+                 chunk_batch: int = 1, progress: bool = False, conditioning: Conditioning | None = None):
         super().__init__()
         if not isinstance(steps, int) or not 1 <= steps <= 1000:
             raise ConfigError(f"sampler.steps must be an integer in [1, 1000], got {steps!r}")
@@ -99,6 +103,7 @@ class GuidedReconstructor(L.LightningModule):
         guidance.validate(degradation, self.scheduler)
         self.chunk_samples, self.overlap_samples, self.chunk_batch = chunk_samples, overlap_samples, chunk_batch
         self.progress = progress
+        self.conditioning = conditioning
 
     def _make_scheduler(self, name: str):
         from diffusers import DDIMScheduler, DDPMScheduler
@@ -112,7 +117,7 @@ class GuidedReconstructor(L.LightningModule):
         return guided_reconstruction(self.model, self.degradation, self.guidance, self.schedule, y, support=support,
                                      scheduler=self.scheduler, steps=self.steps, eta=self.eta, domain=self.domain,
                                      return_denoised=self.return_denoised, generator=generator,
-                                     progress=self.progress)
+                                     progress=self.progress, conditioning=self.conditioning)
 
     def reconstruct_clip(self, y: torch.Tensor, seed: int) -> torch.Tensor:
         """A whole measured clip ``(N,)`` through overlapping chunks; deterministic in `seed`. Returns ``(N,)``."""

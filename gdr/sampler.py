@@ -59,7 +59,7 @@ def sample(
         raise ConfigError(f"the scheduler's timestep_spacing is {spacing!r}; gdr's methods need 'leading' "
                           "(AudioLDM2's published scheduler config)")
     scheduler.set_timesteps(steps, device=measurement.z_y.device)
-    ctx = Context(measurement, scheduler, scheduler.timesteps, generator)
+    ctx = Context(measurement, scheduler, scheduler.timesteps, generator, eps_model=eps_model)
     step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator))
                    if k in inspect.signature(scheduler.step).parameters}
     z, first = guidance.start(ctx)

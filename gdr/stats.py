@@ -5,6 +5,16 @@ same clip (baselines are deterministic), the per-clip mean improvement is taken 
 are resampled with replacement (a cluster bootstrap, since seeds of one clip are not independent).
 Improvement is signed so that positive means "the method is better" for that metric. Waveform metrics
 (SI-SDR, SNR) of rows that are not phase-coherent are blank and never enter a statistic (`metric_value`).
+
+Verdicts over many comparisons. A report compares many methods x metrics x tasks x references; at a 5 %
+level each, 20 methods identical to the baseline would produce a "winner" most of the time. Each comparison
+therefore gets a p-value, and the report's p-values are adjusted together (`correct`): Holm's step-down
+(family-wise error rate) or Benjamini-Hochberg's step-up (false discovery rate). The p-value is that of a
+two-sided paired t-test on the per-clip mean improvements (``scipy.stats.ttest_1samp``), not a bootstrap
+p-value: one from B resamples cannot go below 1 / (B + 1), so a Holm threshold of 0.05 / m would be out
+of reach for a few hundred comparisons. A comparison is significant when its adjusted p-value is below
+``alpha = 1 - confidence`` *and* its (per-comparison, unadjusted) bootstrap interval excludes zero; the second
+condition only removes rejections, so the error rate stays controlled.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from gdr.metrics import HIGHER_IS_BETTER, PHASE_METRICS
 
@@ -28,19 +39,84 @@ class Comparison:
     clips: int
     seeds: int
     tolerance: float = 0.0  # differences within +-tolerance are numerical noise, not effects
+    p: float = 1.0  # two-sided paired t-test over clips, unadjusted
+    p_adjusted: float | None = None  # after `correct` (None: not adjusted yet, `p` is used)
+    correction: str = "none"  # the key of `CORRECTIONS` that produced `p_adjusted`
+    alpha: float = 0.05  # 1 - confidence
+
+    @property
+    def p_used(self) -> float:
+        return self.p if self.p_adjusted is None else self.p_adjusted
 
     @property
     def significant(self) -> bool:
-        return self.low > self.tolerance or self.high < -self.tolerance
+        return self.p_used < self.alpha and (self.low > self.tolerance or self.high < -self.tolerance)
 
     def verdict(self) -> str:
         over = f"over {self.clips} clips x {self.seeds} seeds"
+        p = f"{'' if self.correction == 'none' else self.correction + '-adjusted '}p = {self.p_used:.2g}"
         if self.significant:
             winner, loser = (self.method, self.reference) if self.mean > 0 else (self.reference, self.method)
             low, high = sorted((abs(self.low), abs(self.high)))
-            return f"{winner} beats {loser} on {self.metric} by {abs(self.mean):.3g} [{low:.3g}, {high:.3g}] {over}"
+            return (f"{winner} beats {loser} on {self.metric} by {abs(self.mean):.3g} [{low:.3g}, {high:.3g}] "
+                    f"{over}, {p}")
         return (f"no significant difference between {self.method} and {self.reference} on {self.metric} "
-                f"(improvement {self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] {over})")
+                f"(improvement {self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] {over}, {p})")
+
+
+# report.correction -> how the report names it.
+CORRECTIONS = {"holm": "Holm step-down (family-wise error rate)",
+               "bh": "Benjamini-Hochberg step-up (false discovery rate)",
+               "none": "none (each comparison at its own level; expect false winners among many comparisons)"}
+
+
+def adjust_p(p: np.ndarray, method: str) -> np.ndarray:
+    """Adjusted p-values ``(m,)`` for raw p-values `p` ``(m,)``, in the input order.
+
+    ``holm``: sort ascending, ``p_(i) (m - i + 1)`` for rank ``i = 1..m``, running maximum, capped at 1 (Holm 1979;
+    rejecting adjusted p < alpha controls the family-wise error rate under any dependence).
+    ``bh``: sort ascending, ``p_(i) m / i``, running minimum from the largest down, capped at 1 (Benjamini &
+    Hochberg 1995; controls the false discovery rate for independent or positively dependent tests; equals
+    ``scipy.stats.false_discovery_control(p, method="bh")``). ``none``: `p` unchanged.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if method not in CORRECTIONS:
+        from gdr.errors import ConfigError
+
+        raise ConfigError(f"unknown multiple-comparison correction {method!r}; known: {', '.join(CORRECTIONS)}")
+    if method == "none" or p.size == 0:
+        return p.copy()
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    ranked = p[order]
+    if method == "holm":
+        adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
+    else:
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def correct(comps: list[Comparison], method: str) -> list[Comparison]:
+    """Adjust the p-values of `comps` together (one family: every comparison of a report), in place; returns
+    `comps`. Verdicts (`Comparison.significant`) then use the adjusted p-values."""
+    for c, p in zip(comps, adjust_p(np.array([c.p for c in comps]), method)):
+        c.p_adjusted, c.correction = float(p), method
+    return comps
+
+
+def paired_p_value(per_clip: np.ndarray) -> float:
+    """Two-sided p-value of a one-sample t-test of the per-clip improvements `per_clip` ``(C,)`` against 0
+    (``scipy.stats.ttest_1samp``). Fewer than two clips: 1 (nothing can be concluded). No spread: 0 if the
+    mean differs from 0, else 1 (scipy returns NaN there; the tolerance in `Comparison` handles float noise)."""
+    per_clip = np.asarray(per_clip, dtype=np.float64)
+    if per_clip.size < 2:
+        return 1.0
+    if np.ptp(per_clip) == 0:
+        return 0.0 if per_clip[0] != 0 else 1.0
+    p = float(scipy_stats.ttest_1samp(per_clip, 0.0).pvalue)
+    return p if np.isfinite(p) else 1.0
 
 
 def bootstrap_ci(per_clip: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
@@ -98,7 +174,7 @@ def compare(rows: list[dict], task: str, metric: str, method: str, reference: st
     # Identical pipelines (e.g. latent_pull at s = 1 vs the VAE round trip) differ by float rounding only.
     scale = np.mean([abs(v) for _, v in _values(rows, task, reference, metric)])
     return Comparison(task, metric, method, reference, mean, low, high, len(per_clip), seeds,
-                      tolerance=1e-5 * (1.0 + scale))
+                      tolerance=1e-5 * (1.0 + scale), p=paired_p_value(means), alpha=round(1.0 - confidence, 12))
 
 
 def best_baseline(rows: list[dict], task: str, metric: str, candidates: list[str]) -> str | None:

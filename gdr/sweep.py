@@ -8,6 +8,7 @@ A sweep is the base config plus ``sweep.grid``: dotted config keys mapped to lis
         guidance.name: [dps, mpgd, latent_pull]
         guidance.scale: [0.5, 1.0]
         sampler.steps: [20]
+        condition.text: ["", a man speaking]
 
 The grid is their Cartesian product; a plain run is a grid of one. Each (clip, recipe, seed) and each
 (clip, task, baseline) is one `Item` with a key that hashes the clip's content and the item's resolved
@@ -28,7 +29,9 @@ from gdr.errors import ConfigError
 GRID_KEYS = ("degradation", "degradation.name", "degradation.params", "degradation.seed", "guidance",
              "guidance.name", "guidance.scale", "guidance.schedule", "guidance.start_scale", "guidance.params",
              "guidance.schedule_path",
-             "sampler.steps", "sampler.eta", "sampler.scheduler", "sampler.domain", "sampler.return_denoised")
+             "sampler.steps", "sampler.eta", "sampler.scheduler", "sampler.domain", "sampler.return_denoised",
+             "condition", "condition.text", "condition.negative_text", "condition.cfg_scale", "condition.audio",
+             "condition.unconditional")
 
 
 def _set(tree: dict, dotted: str, value) -> None:
@@ -82,7 +85,19 @@ def recipe_label(recipe: dict) -> str:
         label += f" {g['schedule']}"
     if g.get("params"):
         label += " " + ",".join(f"{k}={v}" for k, v in sorted(g["params"].items()))
-    return f"{label} {s['steps']}st"
+    label = f"{label} {s['steps']}st"
+    condition = condition_label(recipe)
+    return label if condition == DEFAULT_CONDITION else f"{label} {condition}"
+
+
+DEFAULT_CONDITION = "null:original"
+
+
+def condition_label(recipe: dict) -> str:
+    """Which condition a recipe samples with (`gdr.conditioning.ConditionSpec.label`), e.g. ``"rain" w=3.5``."""
+    from gdr.conditioning import ConditionSpec
+
+    return ConditionSpec.from_dict(recipe.get("condition")).label()
 
 
 @dataclass

@@ -36,6 +36,27 @@ def tiny_model(tiny_dir, cache_dir):
     return AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir)
 
 
+@pytest.fixture(scope="session")
+def language_models(tiny_dir):
+    """The published GPT2Model of the tiny layout and a GPT2LMHeadModel carrying the same weights."""
+    from transformers import GPT2LMHeadModel, GPT2Model
+
+    base = GPT2Model.from_pretrained(tiny_dir / "language_model", dtype=torch.float32).eval()
+    head = GPT2LMHeadModel(base.config).eval()
+    head.transformer.load_state_dict(base.state_dict())
+    return base, head
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(tiny_dir, language_models):
+    """diffusers' pipeline on the tiny layout, float32, with a GPT2LMHeadModel (where its helper works)."""
+    from diffusers import AudioLDM2Pipeline
+
+    pipe = AudioLDM2Pipeline.from_pretrained(tiny_dir, dtype=torch.float32)
+    pipe.register_modules(language_model=language_models[1])
+    return pipe
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float | None = None):
     """Run ``scripts/<script>`` in a subprocess; returns the CompletedProcess."""
     import subprocess

@@ -5,8 +5,10 @@
 Builds the complete published layout (about 4.5 GB of safetensors for base, 6 GB for -large) in a
 temporary folder, checks that its safetensors total the published byte count, runs
 ``scripts/evaluate.py --config configs/default.yaml`` on a 2 s clip with 2 steps end to end, once per
-null condition (``original``: Flan-T5 only; ``diffusers``: CLAP, Flan-T5, projection and GPT-2), checks
-the outputs, and deletes everything. `.ci/run` runs it after the tests: it is the one check that
+null condition (``original``: Flan-T5 only; ``diffusers``: CLAP, Flan-T5, projection and GPT-2) and, with
+``--conditioned``, once with a prompt, CFG 3.5 and the CLAP audio embedding of the input (every part of
+the text stack, CLAP's audio branch included, and the doubled CFG batch), checks the outputs, and
+deletes everything. `.ci/run` runs it after the tests: it is the one check that
 loads what a real user downloads (the tiny layout differs only in sizes). Exit status 0 = passed.
 """
 
@@ -39,6 +41,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="audioldm2", choices=["audioldm2", "audioldm2-large", "audioldm2-music"])
     parser.add_argument("--null-conditions", default="original,diffusers",
                         help="comma-separated null conditions to run the main job with")
+    parser.add_argument("--conditioned", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run with a prompt, CFG 3.5 and condition.audio: measurement")
     parser.add_argument("--workdir", default=None, help="where the temporary folder goes (needs ~5-7 GB)")
     args = parser.parse_args()
     from gdr.builders import save_published_layout
@@ -62,17 +66,21 @@ def main() -> int:
         sf.write(str(clips / "tone.wav"), tone + 0.01 * np.random.default_rng(0).standard_normal(t.size), 16000)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GDR_CACHE": str(work / "cache"), "WANDB_MODE": "offline"}
         timings = []
-        for null in args.null_conditions.split(","):
-            out = work / f"out-{null}"
-            # The default null ("original") needs only Flan-T5; "diffusers" runs CLAP (float64 config) and the
-            # published GPT2Model: the two parts that crashed on the published layout.
+        # The default null ("original") needs only Flan-T5; "diffusers" runs CLAP (float64 config) and the
+        # published GPT2Model: the two parts that crashed on the published layout.
+        runs = {f"{null} null": ["--condition.unconditional", null] for null in args.null_conditions.split(",")}
+        if args.conditioned:
+            runs["prompt + CFG + CLAP audio"] = ["--condition.text", "a steady tone", "--condition.cfg_scale", "3.5",
+                                                 "--condition.audio", "measurement"]
+        for index, (name, extra) in enumerate(runs.items()):
+            out = work / f"out-{index}"
             cmd = [sys.executable, "scripts/evaluate.py", "--config", "configs/default.yaml", "--model.pretrained",
                    str(model), "--data.root", str(clips), "--output_dir", str(out), "--sampler.steps", "2",
-                   "--sampler.seeds", "1", "--model.device", "cpu", "--model.null_condition", null]
+                   "--sampler.seeds", "1", "--model.device", "cpu", *extra]
             print("running:", " ".join(cmd), flush=True)
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=1800)
-            timings.append(f"evaluate ({null} null) {time.perf_counter() - start:.0f} s")
+            timings.append(f"evaluate ({name}) {time.perf_counter() - start:.0f} s")
             if proc.returncode != 0:
                 print(f"FAIL: evaluate.py exited with {proc.returncode}")
                 return 1

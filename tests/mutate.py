@@ -41,6 +41,7 @@ class Mutation:
 M = Mutation
 ORACLE = "tests/test_gaussian_oracle.py"
 SAMPLER = "tests/test_sampler.py"
+LATENT = "gdr/latent_posterior.py"
 MUTATIONS = [
     # ---- methods (gdr/guidance.py)
     M("dps_sign", "gdr/guidance.py", "return step.z_prev - scale * grad", "return step.z_prev + scale * grad",
@@ -86,6 +87,41 @@ MUTATIONS = [
       "alpha_bar read one timestep off"),
     M("sampler_last_step", "gdr/sampler.py", "last = return_denoised and i == n - 1", "last = return_denoised and i == n - 2",
       (SAMPLER, ORACLE), "the sampler returns z0_hat one step early"),
+    # ---- latent posterior samplers (gdr/latent_posterior.py, the pixel side of gdr/measurement.py)
+    M("psld_glue_sign", LATENT, "loss = loss + self.gamma * _item_loss(step.z0_hat - m.consistent_latent(u), self.loss)",
+      "loss = loss - self.gamma * _item_loss(step.z0_hat - m.consistent_latent(u), self.loss)", (ORACLE,),
+      "PSLD's gluing term pushes z0_hat away from E(glued D(z0_hat))"),
+    M("psld_glue_not_glued", "gdr/measurement.py", "        return self.encode(self.glue(u))\n",
+      "        return self.encode(u)\n", (ORACLE,), "gluing target E(D(z0_hat)) without A^T y + (I - A^T A)"),
+    M("psld_glue_mask_not_squared", "gdr/measurement.py", "        m2 = self.mask.pow(2)\n        return m2 * self.y",
+      "        m2 = self.mask\n        return m2 * self.y", (ORACLE,), "A^T A taken as A in the latent glue (soft masks)"),
+    M("resample_sigma_alpha", LATENT, "r = gamma * (1 - alpha_t / alpha_prev) / (1 - alpha_t)",
+      "r = gamma * (1 - alpha_t / alpha_prev) / alpha_t", (ORACLE,), "ReSample's sigma^2 with a_t for 1 - a_t"),
+    M("resample_noise_std", LATENT, "return mean + ((1 - alpha_prev) * r / (r + 1)) ** 0.5 * noise",
+      "return mean + ((1 - alpha_prev) / (r + 1)) ** 0.5 * noise", (ORACLE,), "ReSample's resampling variance"),
+    M("resample_stages_swapped", LATENT, "return self.pixel_stage and n - 1 - i >= max(n // 3, 1)",
+      "return self.pixel_stage and n - 1 - i < max(n // 3, 1)", (ORACLE,), "pixel and latent stages swapped"),
+    M("resample_first_third", LATENT, "return k % self.every == 0 and k <= n - n // 3",
+      "return k % self.every == 0", (ORACLE,), "ReSample does not skip the first third"),
+    M("resample_travel_short", LATENT, "last = min(step.i + self.travel, step.n - 1)",
+      "last = min(step.i + self.travel - 1, step.n - 1)", (ORACLE,), "look-ahead one step short"),
+    M("resample_tol_unsquared", LATENT, "if self.tol and float(loss.detach()) < self.tol**2:",
+      "if self.tol and float(loss.detach()) < self.tol:", (ORACLE,), "early stop on the MSE against tol, not tol^2"),
+    M("daps_langevin_noise", LATENT, "x = x + lr * score + math.sqrt(2 * lr) * noise_like(x)",
+      "x = x + lr * score + math.sqrt(lr) * noise_like(x)", (ORACLE,), "Langevin noise sqrt(lr) for sqrt(2 lr)"),
+    M("daps_prior_variance", LATENT, "self.langevin(self.ode(step, ctx), ctx.measurement, (1 - a) / a,",
+      "self.langevin(self.ode(step, ctx), ctx.measurement, 1 - a,", (ORACLE,), "r_t^2 = 1 - a_t for sigma_t^2"),
+    M("daps_data_tau", LATENT, "score = score - scale * g / self.tau**2", "score = score - scale * g / self.tau",
+      (ORACLE,), "likelihood weight 1 / tau for 1 / tau^2"),
+    M("daps_renoise_level", LATENT,
+      "return math.sqrt(step.alpha_prev) * x0 + math.sqrt(1 - step.alpha_prev) * ctx.noise_like(x0)",
+      "return math.sqrt(step.alpha_t) * x0 + math.sqrt(1 - step.alpha_t) * ctx.noise_like(x0)", (ORACLE,),
+      "DAPS re-noises to the current level, not the next"),
+    M("daps_ode_time", LATENT, "eps = ctx.eps_model(z, ctx.timesteps.new_tensor(ts[k]))",
+      "eps = ctx.eps_model(z, step.t)", (ORACLE,), "the ODE evaluates the UNet at the step's t"),
+    M("daps_lr_decay", LATENT, "lr = self.lr * (1 + step.i / step.n * (self.lr_min_ratio - 1))",
+      "lr = self.lr * (1 + (step.i + 1) / step.n * (self.lr_min_ratio - 1))", (ORACLE,),
+      "Langevin step-size decay one level ahead"),
     # ---- degradations and masks (gdr/degradations.py)
     M("gap_placement", "gdr/degradations.py",
       "start = k * segment + int(torch.randint(0, segment - gap + 1, (1,), generator=g))",

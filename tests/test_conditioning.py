@@ -25,27 +25,6 @@ def _reference_generation(base, embeds, mask, steps):
     return torch.cat(out, dim=1)
 
 
-@pytest.fixture(scope="module")
-def language_models(tiny_dir):
-    """The published GPT2Model of the tiny layout and a GPT2LMHeadModel carrying the same weights."""
-    from transformers import GPT2LMHeadModel, GPT2Model
-
-    base = GPT2Model.from_pretrained(tiny_dir / "language_model", dtype=torch.float32).eval()
-    head = GPT2LMHeadModel(base.config).eval()
-    head.transformer.load_state_dict(base.state_dict())
-    return base, head
-
-
-@pytest.fixture(scope="module")
-def diffusers_pipe(tiny_dir, language_models):
-    """diffusers' pipeline on the tiny layout, float32, with a GPT2LMHeadModel (where its helper works)."""
-    from diffusers import AudioLDM2Pipeline
-
-    pipe = AudioLDM2Pipeline.from_pretrained(tiny_dir, dtype=torch.float32)
-    pipe.register_modules(language_model=language_models[1])
-    return pipe
-
-
 def test_the_tiny_layout_uses_the_published_gpt2_class_and_length(tiny_dir, language_models):
     index = json.loads((tiny_dir / "model_index.json").read_text())
     assert index["language_model"] == ["transformers", "GPT2Model"]

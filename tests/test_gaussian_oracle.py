@@ -157,6 +157,10 @@ def replay(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, 
     ts = [(n - 1 - i) * ratio + cfg["steps_offset"] for i in range(n)]
     eye = np.eye(D)
 
+    def denoise(z_, a_):  # (E[z0 | z_t], eps) at noise level a_ (the UNet passes DAPS and ReSample add)
+        x0_ = mu + (z_ - math.sqrt(a_) * mu) @ (math.sqrt(a_) * cov @ np.linalg.inv(a_ * cov + (1 - a_) * eye)).T
+        return x0_, (z_ - math.sqrt(a_) * x0_) / math.sqrt(1 - a_)
+
     # ---- start
     if method == "seed":  # methods.md §2.3: z = z_y, not noised
         z, first = y.copy(), 0
@@ -187,15 +191,25 @@ def replay(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, 
         x0 = mu + (z - math.sqrt(a) * mu) @ k_t.T
         eps = (z - math.sqrt(a) * x0) / math.sqrt(1 - a)
 
+        def adamw(z0_, lr, iters, tol):
+            return _adamw(z0_, lr, iters, tol, m=m, y=y)
+
         def ddim(x0_used):
             return math.sqrt(ap) * x0_used + math.sqrt(1 - ap - sg**2) * eps + sg * xi
 
-        def loss_grad_x0(x0_):  # d/dx0 of sum_b L(r_b), r = m (x0 - y): |r_b| ("norm") or |r_b|^2
-            r = m * (x0_ - y)
+        def loss_grad(x0_, w):  # d/dx0 of sum_b L(r_b), r = w (x0 - y): |r_b| ("norm") or |r_b|^2
+            r = w * (x0_ - y)
             if p.get("loss", "norm") == "norm":  # |r_b| has gradient r_b / |r_b|; 0 (a subgradient) at r_b = 0
                 norm = np.linalg.norm(r, axis=1, keepdims=True)
-                return np.divide(m * r, norm, out=np.zeros_like(r), where=norm > 0)
-            return 2 * m * r
+                return np.divide(w * r, norm, out=np.zeros_like(r), where=norm > 0)
+            return 2 * w * r
+
+        def loss_grad_x0(x0_):
+            return loss_grad(x0_, m)
+
+        def dx0_dz():  # Jacobian of z0_hat(z_t) (module docstring), applied to row vectors as g @ J
+            d_eps = (eye - math.sqrt(a) * k_t) / math.sqrt(1 - a)
+            return (eye - math.sqrt(1 - a) * d_eps) / math.sqrt(a)
 
         if method in ("none", "sdedit"):
             z = ddim(x0)
@@ -212,9 +226,7 @@ def replay(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, 
         elif method == "dps":  # §2.4: z_prev - s grad_{z_t} L(z0_hat(z_t)), chain rule through eps
             zp = ddim(x0)
             if active:
-                d_eps = (eye - math.sqrt(a) * k_t) / math.sqrt(1 - a)
-                d_x0 = (eye - math.sqrt(1 - a) * d_eps) / math.sqrt(a)
-                zp = zp - s * loss_grad_x0(x0) @ d_x0  # row vectors: (J^T g)^T = g^T J
+                zp = zp - s * loss_grad_x0(x0) @ dx0_dz()  # row vectors: (J^T g)^T = g^T J
             z = zp
         elif method == "mpgd":  # §2.9 MPGD-Z: z0' = z0 - s grad_{z0} L, then DDIM with z0'
             z = ddim(x0 - s * loss_grad_x0(x0)) if active else ddim(x0)
@@ -228,9 +240,71 @@ def replay(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, 
             eps_hat = (z - math.sqrt(a) * x_star) / math.sqrt(1 - a)
             noise = math.sqrt(1 - zeta) * eps_hat + math.sqrt(zeta) * draw()
             z = math.sqrt(ap) * x_star + math.sqrt(1 - ap) * noise
+        elif method == "psld":  # §2.10, PSLD Algorithm 2: DPS's term plus the gluing term, through z0_hat(z_t)
+            zp = ddim(x0)
+            if active:
+                # D = E = I and A = diag(m) with measured values m y: the glued latent A^T (m y) + (I - A^T A) z0
+                # is m^2 y + (1 - m^2) z0, so the gluing residual z0 - E(...) is m^2 (z0 - y).
+                g_x0 = p.get("omega", 1.0) * loss_grad(x0, m) + p.get("gamma", 0.1) * loss_grad(x0, m**2)
+                zp = zp - s * g_x0 @ dx0_dz()
+            z = zp
+        elif method == "resample":  # §2.11, ReSample Algorithm 1 with the official code's step selection
+            zp = ddim(x0)
+            k_idx = n - 1 - i  # counted down to 0 at the last step
+            if k_idx % p.get("every", 10) == 0 and k_idx <= n - n // 3 and s != 0:
+                init = x0
+                last_j = min(i + p.get("travel", 0), n - 1)
+                zz = zp
+                for j in range(i + 1, last_j + 1):  # look-ahead: unconditional DDIM (eta = 0), Tweedie at the end
+                    init, e_j = denoise(zz, abar[ts[j]])
+                    if j < last_j:
+                        zz = math.sqrt(abar[ts[j + 1]]) * init + math.sqrt(1 - abar[ts[j + 1]]) * e_j
+                if p.get("pixel_stage", True) and k_idx >= max(n // 3, 1):
+                    z0y = m**2 * y + (1 - m**2) * init  # E(A^T y + (I - A^T A) D(init)), D = E = I
+                else:
+                    z0y = adamw(init, p.get("lr", 5e-3), p.get("iters", 500), p.get("tol", 1e-3))
+                sigma2_over = s * p.get("gamma", 40.0) * (1 - a / ap) / (1 - a)  # sigma^2 / (1 - a_prev)
+                mean = (sigma2_over * math.sqrt(ap) * z0y + zp) / (sigma2_over + 1)
+                xi_r = draw()
+                zp = mean + math.sqrt((1 - ap) * sigma2_over / (sigma2_over + 1)) * xi_r
+            z = zp
+        elif method == "daps":  # §2.12, DAPS Algorithm 1: ODE to x0_hat, Langevin on x0, re-noise
+            n_ode, rho = p.get("ode_steps", 2), p.get("rho", 7.0)
+            sig = np.sqrt((1 - abar) / abar)
+            hi, lo = sig[t] ** (1 / rho), sig[0] ** (1 / rho)
+            t_ode = [int(np.argmin(np.abs(np.log(sig[: t + 1]) - math.log((hi + k / n_ode * (lo - hi)) ** rho))))
+                     for k in range(n_ode)]
+            xh, e_k = x0, eps
+            for tk in t_ode[1:]:  # DDIM eta = 0 steps along the probability-flow ODE
+                zz = math.sqrt(abar[tk]) * xh + math.sqrt(1 - abar[tk]) * e_k
+                xh, e_k = denoise(zz, abar[tk])
+            r2 = (1 - a) / a  # r_t = sigma_t
+            lr_i = p.get("lr", 5e-5) * (1 + i / n * (p.get("lr_min_ratio", 0.01) - 1))
+            tau = p.get("tau", 0.01)
+            xx = xh
+            for _ in range(p.get("langevin_steps", 100)):  # grad |m (x - y)|^2 = 2 m^2 (x - y)
+                score = (xh - xx) / r2 - s * 2 * m**2 * (xx - y) / tau**2
+                xx = xx + lr_i * score + math.sqrt(2 * lr_i) * draw()
+            z = math.sqrt(ap) * xx + math.sqrt(1 - ap) * draw()
         else:
             raise ValueError(method)
     return z, gen
+
+
+def _adamw(z0, lr, iters, tol, *, m, y):
+    """``torch.optim.AdamW`` (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01, decoupled) on the mean of
+    ``(m (z - y))^2`` from `z0`, stopping after a step whose loss was below ``tol^2`` (ReSample's code)."""
+    z, m1, m2 = z0.copy(), np.zeros_like(z0), np.zeros_like(z0)
+    for k in range(1, iters + 1):
+        r = m * (z - y)
+        loss, g = np.mean(r**2), 2 * m * r / r.size
+        z = z * (1 - lr * 0.01)
+        m1 = 0.9 * m1 + 0.1 * g
+        m2 = 0.999 * m2 + 0.001 * g**2
+        z = z - lr / (1 - 0.9**k) * m1 / (np.sqrt(m2) / math.sqrt(1 - 0.999**k) + 1e-8)
+        if tol and loss < tol**2:
+            break
+    return z
 
 
 def run_gdr(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, seed=SEED):
@@ -293,6 +367,19 @@ REPLAY_CASES = [
     _case("diffpir", {**DIFFPIR, "zeta": 0.0}, LIN, 6, 0.0),
     _case("diffpir", {"lam": 4.0, "sigma": 0.3, "zeta": 1.0}, COS, 7, 1.0),
     _case("diffpir", {**DIFFPIR, "every": 2}, 0.5, 6, 1.0, rd=False),
+    # The latent posterior samplers (gdr/latent_posterior.py). Soft masks tell the gluing term's m^2 from m.
+    _case("psld", {}, 0.5, 5, 1.0),  # defaults: omega 1, gamma 0.1, loss norm
+    _case("psld", {"omega": 1.0, "gamma": 0.5, "loss": "squared"}, LIN, 6, 0.0, mask="soft"),
+    _case("psld", {"omega": 0.5, "gamma": 2.0, "every": 2}, COS, 6, 1.0, rd=False, mask="soft"),
+    _case("resample", {}, 0.8, 5, 1.0),  # defaults: only the last step is active at 5 steps; 500 AdamW iterations
+    _case("resample", {"every": 1, "iters": 5, "lr": 0.05, "tol": 0.0}, 1.0, 6, 0.0, mask="soft"),
+    _case("resample", {"every": 2, "iters": 4, "lr": 0.1, "tol": 0.0, "travel": 2}, LIN, 7, 1.0),
+    _case("resample", {"every": 1, "iters": 40, "lr": 0.05, "tol": 0.05, "pixel_stage": False, "gamma": 3.0},
+          0.5, 5, 1.0, rd=False),
+    _case("daps", {"ode_steps": 1, "langevin_steps": 3, "lr": 1e-4, "tau": 0.1}, 1.0, 5, 0.0),
+    _case("daps", {"ode_steps": 3, "langevin_steps": 2, "lr": 1e-3, "tau": 0.3, "lr_min_ratio": 0.5}, COS, 6, 1.0,
+          mask="soft"),
+    _case("daps", {"langevin_steps": 20}, 0.5, 5, 0.0, rd=False),  # defaults otherwise: 2 ODE steps, lr 5e-5
 ]
 
 
@@ -560,3 +647,59 @@ def test_dps_and_diffpir_approach_the_posterior_mean(prior, method, params, scal
         np.testing.assert_allclose(law[1][~m], free[1][~m])
     # And guidance pulls toward y much more than the unguided sampler does.
     assert np.abs(law[0] - post_mean)[m].mean() < 0.25 * np.abs(free[0] - post_mean)[m].mean()
+
+
+# ================================================================ the latent posterior samplers' stochastic parts
+def test_daps_langevin_converges_to_the_closed_form_gaussian_posterior(prior):
+    """DAPS's inner chain (§2.12) targets ``p(x0 | x0_hat, y) ~ N(x0; x0_hat, r^2 I) exp(-s |m (x0 - y)|^2 / tau^2)``,
+    with a linear measurement the Gaussian of precision ``lam = 1 / r^2 + 2 s m^2 / tau^2`` and mean
+    ``(x0_hat / r^2 + 2 s m^2 y / tau^2) / lam`` per coordinate. Unadjusted Langevin from ``x0_hat`` with step
+    ``h`` is the affine chain ``x' - mean = (1 - h lam) (x - mean) + sqrt(2 h) xi``, whose law after K steps is
+    ``N(mean + (1 - h lam)^K (x0_hat - mean), 2 h (1 - (1 - h lam)^(2K)) / (1 - (1 - h lam)^2))``.
+
+    gdr's chain has that law (5 standard errors over 4000 chains), and that law is the posterior up to ULA's own
+    bias (stationary variance ``1 / (lam (1 - h lam / 2))``): mean to 1e-6, variance within 6 % at ``h lam <= 0.1``.
+    """
+    from gdr.latent_posterior import DAPS
+
+    mu, sigma, mask, _ = prior
+    x0_hat = (mu + 0.3 * sigma).expand(B, *SHAPE[1:])  # the ODE's estimate, any fixed value
+    y = mask * (mu - 0.8 * sigma)  # 1.1 prior standard deviations from x0_hat on every observed coordinate
+    r2, tau, s, h, steps = 0.5, 0.5, 1.0, 0.01, 200
+    gen = torch.Generator().manual_seed(11)
+    daps = DAPS(langevin_steps=steps, tau=tau)
+    out = daps.langevin(x0_hat, LatentMeasurement(y.expand(B, *SHAPE[1:]), mask), r2, h, s,
+                        lambda z: torch.randn(z.shape, generator=gen, dtype=z.dtype))
+    emp = (out.mean(dim=0, keepdim=True).numpy(), out.var(dim=0, keepdim=True).numpy())
+    m, yy, xh = mask.numpy(), y.numpy(), x0_hat[:1].numpy()
+    lam = 1 / r2 + 2 * s * m**2 / tau**2
+    post_mean = (xh / r2 + 2 * s * m**2 * yy / tau**2) / lam
+    q = 1 - h * lam
+    law = (post_mean + q**steps * (xh - post_mean), 2 * h * (1 - q ** (2 * steps)) / (1 - q**2))
+    assert_law(emp, law)
+    assert np.abs(law[0] - post_mean).max() < 1e-6
+    assert np.all(np.abs(law[1] * lam - 1) <= 0.06)
+    # and the measurement moved the observed coordinates: the prior N(x0_hat, r^2) is far from the posterior there
+    obs = m > 0
+    assert np.all(np.abs(post_mean - xh)[obs] > 5 * np.sqrt(law[1][obs] / B))
+
+
+def test_resample_draws_the_product_of_the_two_gaussians():
+    """ReSample's stochastic resampling (§2.11) draws ``z ~ N(z; z_prev, sigma^2) N(z; sqrt(a) z0(y), 1 - a)``
+    (normalised: precision ``1 / sigma^2 + 1 / (1 - a)``, precision-weighted mean), ``a = a_prev``,
+    ``sigma^2 = gamma (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)``. 20000 draws per case, 5 standard errors."""
+    from gdr.latent_posterior import ReSample
+
+    n = 20000
+    gen = torch.Generator().manual_seed(2)
+    z0_y = torch.tensor([[-0.7, 0.2, 1.5]], dtype=torch.float64).expand(n, 3)
+    z_prev = torch.tensor([[0.4, -1.1, 0.3]], dtype=torch.float64).expand(n, 3)
+    for a_t, a_prev, gamma in ((0.3, 0.5, 40.0), (0.9, 0.95, 2.0), (0.01, 0.05, 0.5)):
+        out = ReSample.resample(z0_y, z_prev, a_t, a_prev, gamma,
+                                torch.randn(z0_y.shape, generator=gen, dtype=torch.float64)).numpy()
+        s2 = gamma * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        prec = 1 / s2 + 1 / (1 - a_prev)
+        mean = (z_prev[0].numpy() / s2 + math.sqrt(a_prev) * z0_y[0].numpy() / (1 - a_prev)) / prec
+        var = 1 / prec
+        assert np.all(np.abs(out.mean(0) - mean) <= 5 * math.sqrt(var / n)), (out.mean(0), mean)
+        assert np.all(np.abs(out.var(0) - var) <= 5 * var * math.sqrt(2 / n)), (out.var(0), var)

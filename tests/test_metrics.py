@@ -183,15 +183,17 @@ def test_align_leaves_a_phase_free_output_at_lag_zero():
 
 
 # ------------------------------------------------- waveform metrics of phase-free outputs: blank everywhere
-def _finish(tmp_path, method, phase, out, seed_metrics=False):
-    """One row as `EvaluationRunner.finish` writes it (its record on disk), without a model."""
+def _finish(tmp_path, method, phase, out, seed_metrics=False, clip=None, clip_kind="other", degradation=None):
+    """One row as `EvaluationRunner.finish` writes it (its record on disk), without a model. `clip`: ``(N,)``
+    (default a tone) of kind `clip_kind`, on the task `degradation` (default identity)."""
     from gdr.evaluate import EvaluationRunner
     from gdr.sweep import Item
 
-    x = _tonal(16000)
+    x = _tonal(16000) if clip is None else clip
     item = Item(kind="baseline", clip="c", clip_hash="h", task="t", method=method,
-                recipe={"degradation": {"name": "identity"}})
-    runner = SimpleNamespace(plan=SimpleNamespace(clips={"c": SimpleNamespace(waveform=x.float())}), out_dir=tmp_path,
+                recipe={"degradation": degradation or {"name": "identity"}})
+    clips = {"c": SimpleNamespace(waveform=x.float(), kind=clip_kind)}
+    runner = SimpleNamespace(plan=SimpleNamespace(clips=clips), out_dir=tmp_path,
                              seed_metrics=seed_metrics,
                              wav_path=lambda it: tmp_path / f"{it.method}.wav",
                              record_path=lambda it: tmp_path / f"{it.method}.json")

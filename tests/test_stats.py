@@ -43,7 +43,7 @@ def test_compare_finds_a_known_improvement_and_words_it():
     c = compare(_rows(0.3), "t", "lsd", "dps", "vae_roundtrip")
     assert c.low < 0.3 < c.high and c.significant and (c.clips, c.seeds) == (12, 3)
     assert re.match(r"dps beats vae_roundtrip on lsd by 0\.\d+ \[0\.\d+, 0\.\d+\] over", c.verdict())
-    assert c.verdict().endswith("over 12 clips x 3 seeds")
+    assert re.search(r"over 12 clips x 3 seeds, p = \S+$", c.verdict())
     worse = compare(_rows(-0.3), "t", "lsd", "dps", "vae_roundtrip")
     assert worse.verdict().startswith("vae_roundtrip beats dps on lsd by 0.")
 
@@ -73,3 +73,98 @@ def test_the_bootstrap_unit_is_the_clip_and_seeds_are_averaged_first():
     c = compare(rows, "t", "lsd", "m", "ref", n_boot=2000)
     assert c.mean == pytest.approx(1.0) and c.clips == 2 and c.seeds == 2
     assert c.low == pytest.approx(0.0) and c.high == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------------------ many comparisons
+def test_holm_and_bh_equal_a_hand_worked_example():
+    """p = (0.01, 0.04, 0.03, 0.005), m = 4. Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03,
+    0.06, 0.04, running maximum 0.02, 0.03, 0.06, 0.06. BH: times 4/1, 4/2, 4/3, 4/4 = 0.02, 0.02, 0.04, 0.04,
+    running minimum from the top: unchanged."""
+    from gdr.stats import adjust_p
+
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjust_p(p, "holm"), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(adjust_p(p, "bh"), [0.02, 0.04, 0.04, 0.02], rtol=1e-12)
+    np.testing.assert_array_equal(adjust_p(p, "none"), p)
+    assert adjust_p(np.array([0.6, 0.9]), "holm").max() == 1.0  # capped at 1
+
+
+def test_bh_equals_scipy_and_holm_dominates_it():
+    import scipy.stats
+
+    from gdr.errors import ConfigError
+    from gdr.stats import adjust_p
+
+    rng = np.random.default_rng(3)
+    for m in (1, 7, 50, 400):
+        p = np.concatenate([rng.uniform(size=m - m // 5), rng.uniform(0, 1e-3, size=m // 5)])
+        p[: m // 10] = p[0]  # ties
+        np.testing.assert_allclose(adjust_p(p, "bh"), scipy.stats.false_discovery_control(p, method="bh"),
+                                   rtol=1e-12)
+        holm = adjust_p(p, "holm")
+        assert (holm >= adjust_p(p, "bh") - 1e-15).all() and (holm >= p).all()
+        assert (np.diff(holm[np.argsort(p)]) >= 0).all()  # order-preserving
+    with pytest.raises(ConfigError, match="unknown multiple-comparison correction 'bonferoni'"):
+        adjust_p(np.array([0.1]), "bonferoni")
+
+
+def test_verdicts_use_the_adjusted_p_value():
+    from gdr.stats import correct, paired_p_value
+
+    c = compare(_rows(0.02, noise=0.05, clips=12, seed=4), "t", "lsd", "dps", "vae_roundtrip")
+    import scipy.stats
+
+    per_clip = [np.mean(v) for v in __import__("gdr.stats").stats.paired_improvement(
+        _rows(0.02, noise=0.05, clips=12, seed=4), "t", "lsd", "dps", "vae_roundtrip").values()]
+    assert c.p == pytest.approx(scipy.stats.ttest_1samp(per_clip, 0.0).pvalue, rel=1e-12)
+    assert c.p < 0.05 and c.significant  # on its own: a win
+    others = [compare(_rows(0.0, noise=0.05, seed=s), "t", "lsd", "dps", "vae_roundtrip") for s in range(9)]
+    correct([c, *others], "holm")  # one of ten: the threshold is now 0.005
+    assert c.p_adjusted == pytest.approx(min(1.0, 10 * c.p)) or c.p_adjusted > c.p
+    if c.p_adjusted >= 0.05:
+        assert not c.significant and c.verdict().startswith("no significant difference")
+        assert "holm-adjusted p = " in c.verdict()
+    assert paired_p_value(np.array([0.5])) == 1.0 and paired_p_value(np.zeros(5)) == 1.0
+
+
+def _identical_methods(rep: int, methods: int = 20, clips: int = 12, effect: float = 0.0) -> list[dict]:
+    """`methods` methods and the VAE round trip, identical up to noise: per clip, every output's metric is the
+    clip's level plus its own noise (the first method better by `effect`). Two correlated metrics."""
+    rng = np.random.default_rng(1000 + rep)
+    rows = []
+    for c in range(clips):
+        level = 2.0 + rng.normal()
+        for m, name in enumerate(["vae_roundtrip", *(f"m{k} s=1 10st" for k in range(methods))]):
+            lsd = level + rng.normal(0, 0.1) - (effect if m == 1 else 0.0)
+            rows.append({"clip": f"c{c}", "task": "t", "method": name, "kind": "method" if m else "baseline",
+                         "seed": 0 if m else "", "lsd": lsd, "logmel_l1": 0.5 * lsd + rng.normal(0, 0.05)})
+    return rows
+
+
+def test_twenty_identical_methods_give_no_winner_in_95_percent_of_repetitions():
+    """The report's comparisons (20 methods x 2 metrics against the VAE round trip = 40) under the null: with Holm
+    or BH across the report no method is declared better or worse in >= 95 % of 200 seeded repetitions; without
+    a correction a false winner is the rule, which is what the correction is for."""
+    from gdr.report import comparisons
+    from gdr.stats import correct
+
+    reps = 200
+    no_winner = {"holm": 0, "bh": 0, "none": 0}
+    for rep in range(reps):
+        comps = comparisons(_identical_methods(rep), n_boot=200, confidence=0.95)
+        assert len(comps) == 40
+        for method in no_winner:
+            no_winner[method] += not any(c.significant for c in correct(comps, method))
+    assert no_winner["holm"] / reps >= 0.95 and no_winner["bh"] / reps >= 0.95, no_winner
+    assert no_winner["none"] / reps < 0.5, no_winner
+
+
+def test_a_real_improvement_still_wins_among_twenty():
+    from gdr.report import comparisons
+
+    found = 0
+    for rep in range(20):
+        comps = comparisons(_identical_methods(rep, effect=0.3), n_boot=200, confidence=0.95, correction="holm")
+        winners = {(c.method, c.metric) for c in comps if c.significant}
+        found += ("m0 s=1 10st", "lsd") in winners and {m for m, _ in winners} == {"m0 s=1 10st"}
+    assert found >= 18

@@ -185,12 +185,14 @@ def test_bad_sweep_configs_fail_before_work(tmp_path, tiny_dir, capsys, grid, ne
 
 @pytest.mark.parametrize("override", [
     ["--model.pretrained", "some/other-model"], ["--model.dtype", "bfloat16"], ["--model.variant", "fp16"],
-    ["--model.null_condition", "diffusers"], ["--chunk.seconds", "5.12"], ["--chunk.overlap_seconds", "0.64"],
+    ["--condition.unconditional", "diffusers"], ["--condition.text", "rain"],
+    ["--condition.cfg_scale", "2.0", "--condition.text", "rain"], ["--condition.audio", "measurement"],
+    ["--chunk.seconds", "5.12"], ["--chunk.overlap_seconds", "0.64"],
     ["--sampler.eta", "1.0"], ["--sampler.scheduler", "ddpm"], ["--sampler.domain", "waveform"],
     ["--sampler.steps", "7"], ["--guidance.scale", "0.25"], ["--report.seed_metrics", "true"],
 ])
 def test_resume_keys_change_with_everything_that_changes_a_result(override):
-    """A resumed run reuses a record only if nothing that shapes its result changed (model, dtype, variant, null
+    """A resumed run reuses a record only if nothing that shapes its result changed (model, dtype, variant,
     condition, chunking, sampler settings, strength, extra metrics); otherwise the stale record would be reused."""
     from gdr.config import parse
     from gdr.evaluate import plan_evaluation
