@@ -204,6 +204,8 @@ def speed(size: str, args, device, dtype) -> list[str]:
             rows.append(f"| {name} | {t_loop:.3f} | {1000 * t_loop / steps:.1f} | {t_loop / t_ref:.3f} | "
                         f"<= 1.05x loop | | | {t_whole:.3f} |")
 
+    rows += latent_posterior_rows(model, measurement, peer, steps, reps, device, t_fwd, t_fb, t_dec)
+
     rows += ["", "DPS every k steps (speed / quality): final measurement residual |A(G(z)) - y| in the mel domain.", "",
              "| every | loop s | x diffusers loop | residual |", "|---|---|---|---|"]
     for every in (1, 2, 4):
@@ -273,6 +275,107 @@ def cfg_speed(size: str, args, device, dtype) -> list[str]:
             f"| diffusers AudioLDM2Pipeline, guidance_scale 3.5 | {t_peer:.3f} | {1000 * t_peer / steps:.1f} | 1.00 | |",
             f"| gdr, guidance none, cfg_scale 3.5 | {t_ours:.3f} | {1000 * t_ours / steps:.1f} | {t_ours / t_peer:.3f} "
             "| <= 1.05x |"]
+
+
+# ---------------------------------------------------------------- the latent posterior samplers (PSLD, ReSample, DAPS)
+LATENT_POSTERIOR_METHODS = [("psld", {}), ("resample", {"every": 1, "iters": 3, "travel": 1, "tol": 0.0}),
+                            ("daps", {"ode_steps": 2, "langevin_steps": 3, "lr": 1e-4})]
+
+
+class PassCounter:
+    """Counts UNet calls and VAE decoder / encoder forwards (split by whether autograd records them, i.e. whether
+    a backward pass follows) while a block runs, through forward hooks on ``vae.decoder`` / ``vae.encoder``."""
+
+    def __init__(self, model, eps_model):
+        self.model, self.inner, self.counts = model, eps_model, {}
+
+    def eps(self, z, t):
+        self.counts["unet"] = self.counts.get("unet", 0) + 1
+        return self.inner(z, t)
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            key = f"{name}_{'grad' if output.requires_grad else 'fwd'}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return hook
+
+    def __enter__(self):
+        self.counts = {}
+        self.handles = [self.model.vae.decoder.register_forward_hook(self._hook("dec")),
+                        self.model.vae.encoder.register_forward_hook(self._hook("enc"))]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def latent_posterior_passes(name: str, params: dict, steps: int) -> dict:
+    """Each method's passes per run from its docstring's cost formula (lowpass in the mel domain: no vocoder)."""
+    from gdr.latent_posterior import ReSample
+
+    if name == "psld":  # every step: UNet forward+backward, decoder forward+backward, encoder forward+backward
+        return {"unet": steps, "dec_grad": steps, "enc_grad": steps}
+    if name == "daps":  # every step: ode_steps UNet forwards, langevin_steps decoder forward+backward
+        return {"unet": steps * params["ode_steps"], "dec_grad": steps * params["langevin_steps"]}
+    method = ReSample(**params)
+    active = [i for i in range(steps) if method.active(i, steps)]
+    pixel = [i for i in active if method.in_pixel_stage(i, steps)]
+    travel = sum(min(method.travel, steps - 1 - i) for i in active)
+    return {"unet": steps + travel, "dec_fwd": len(pixel), "enc_fwd": len(pixel),
+            "dec_grad": (len(active) - len(pixel)) * method.iters}
+
+
+def latent_posterior_rows(model, measurement, peer, steps, reps, device, t_fwd, t_fb, t_dec) -> list[str]:
+    """PSLD, ReSample and DAPS against the diffusers loop and their arithmetic bound (passes x unit times).
+
+    The passes a run makes are counted (`PassCounter`) and must equal the docstrings' formulas
+    (`latent_posterior_passes`); the bound prices them with unit times measured alone: UNet forward (`t_fwd`),
+    forward+backward (`t_fb`), decoder forward+backward through the residual (`t_dec`), and here the decoder
+    forward, the encoder forward and the encoder forward+backward.
+    """
+    mel = measurement.decode(measurement.z_y).detach()
+
+    def dec_fwd():
+        with torch.no_grad():
+            measurement.decode(measurement.z_y)
+
+    def enc_fwd():
+        with torch.no_grad():
+            model.mel_to_latent(mel)
+
+    def enc_fwd_bwd():
+        model.mel_to_latent(mel.clone().requires_grad_(True)).pow(2).sum().backward()
+
+    unit = {"unet_fwd": t_fwd, "dec_fwd": timed(dec_fwd, device, reps), "enc_fwd": timed(enc_fwd, device, reps),
+            "enc_grad": timed(enc_fwd_bwd, device, reps), "dec_grad": t_dec}
+    rows = ["", "Latent posterior samplers (`gdr/latent_posterior.py`; lowpass, mel domain): passes counted during "
+            f"the run and priced at unit times measured alone (decoder forward {1000 * unit['dec_fwd']:.1f} ms, "
+            f"encoder forward {1000 * unit['enc_fwd']:.1f} ms, encoder forward+backward "
+            f"{1000 * unit['enc_grad']:.1f} ms).", "",
+            "| method | params | passes (UNet / dec fwd / dec fwd+bwd / enc fwd / enc fwd+bwd) | loop s | "
+            "x diffusers loop | bound s | x bound |", "|---|---|---|---|---|---|---|"]
+    for name, params in LATENT_POSTERIOR_METHODS:
+        guidance = build_guidance(name, params)
+        counter = PassCounter(model, model.eps)
+
+        def run():
+            return sample(counter.eps, model.scheduler, guidance, Constant(0.5), measurement, steps=steps,
+                          generator=torch.Generator(device=device).manual_seed(0))
+
+        with counter:
+            run()
+        counts, want = dict(counter.counts), latent_posterior_passes(name, params, steps)
+        if {k: v for k, v in counts.items() if v} != {k: v for k, v in want.items() if v}:
+            raise AssertionError(f"{name}: counted passes {counts} differ from its cost formula {want}")
+        unet_unit = t_fb if name == "psld" else t_fwd  # PSLD's one UNet pass per step is forward+backward
+        bound = (counts.get("unet", 0) * unet_unit + sum(counts.get(k, 0) * unit[k] for k in
+                                                         ("dec_fwd", "dec_grad", "enc_fwd", "enc_grad")))
+        t_loop, t_ref = interleaved(run, peer, device, 1 if device.type == "cpu" and t_fb > 0.5 else reps)
+        passes = " / ".join(str(counts.get(k, 0)) for k in ("unet", "dec_fwd", "dec_grad", "enc_fwd", "enc_grad"))
+        rows.append(f"| {name} | {json.dumps(params)} | {passes} | {t_loop:.3f} | {t_loop / t_ref:.2f} | "
+                    f"{bound:.3f} | {t_loop / bound:.2f} |")
+    return rows
 
 
 class RssSampler:

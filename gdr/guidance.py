@@ -12,6 +12,9 @@ DDIM facts used by the x0-correcting methods (latent_pull, mpgd): the DDIM updat
 ``z0'`` while keeping the model's ``eps`` and the drawn noise is ``z_prev + sqrt(a_prev) (z0' - z0_hat)``.
 On the last step the sampler passes ``a_prev = 1`` and ``z_prev = z0_hat`` (it returns the denoised
 estimate), so the same formulas give the final output.
+
+The latent posterior samplers of 2023-25 (``psld``, ``resample``, ``daps``) live in `gdr.latent_posterior` and
+register here; methods that need more UNet passes than the step's one call ``ctx.eps_model``.
 """
 
 from __future__ import annotations

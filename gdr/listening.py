@@ -18,34 +18,43 @@ import numpy as np
 VMIN, VMAX = -11.5, 2.0
 
 
-def spectrogram_png(audio: np.ndarray, title: str = "") -> bytes:
-    """A small PNG (about 250 x 130 px) of the log-mel of `audio` ``(N,)`` at 16 kHz: time in s on x, mel band
-    on y, a colour bar in ln(magnitude)."""
-    import matplotlib
+class _Canvas:
+    """One small figure (axes, image, colour bar) reused for every cell: only the image data and the time axis
+    change, so each cell costs a PNG encode rather than a figure build."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self):
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(3.0, 1.6), dpi=80)
+        ax = self.fig.add_subplot()
+        self.image = ax.imshow(np.zeros((64, 2)), origin="lower", aspect="auto", vmin=VMIN, vmax=VMAX, cmap="magma",
+                               extent=(0.0, 1.0, 0, 64))
+        ax.set_xlabel("time (s)", fontsize=6, labelpad=1)
+        ax.set_ylabel("mel band", fontsize=6, labelpad=1)
+        ax.tick_params(labelsize=5, length=2, pad=1)
+        bar = self.fig.colorbar(self.image, ax=ax, pad=0.02)
+        bar.ax.tick_params(labelsize=5, length=2, pad=1)
+        bar.set_label("ln |mel|", fontsize=5, labelpad=1)
+        self.fig.tight_layout(pad=0.2)
+
+    def png(self, mel: np.ndarray, seconds: float) -> bytes:
+        self.image.set_data(mel)
+        self.image.set_extent((0.0, seconds, 0, mel.shape[0]))
+        self.image.axes.set_xlim(0.0, seconds)
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def spectrogram_png(audio: np.ndarray, canvas: _Canvas | None = None) -> bytes:
+    """A small PNG (240 x 128 px) of the log-mel of `audio` ``(N,)`` at 16 kHz: time in s on x, mel band on y, a
+    colour bar in ln(magnitude). `canvas`: a figure to reuse (one is made when None)."""
     import torch
 
     from gdr.audio import SAMPLE_RATE, log_mel
 
     mel = log_mel(torch.as_tensor(np.asarray(audio, dtype=np.float32))[None])[0, 0].T.numpy()  # (64, frames)
-    seconds = len(audio) / SAMPLE_RATE
-    fig, ax = plt.subplots(figsize=(3.0, 1.6), dpi=80)
-    image = ax.imshow(mel, origin="lower", aspect="auto", vmin=VMIN, vmax=VMAX, cmap="magma",
-                      extent=(0.0, seconds, 0, mel.shape[0]))
-    ax.set_xlabel("time (s)", fontsize=6, labelpad=1)
-    ax.set_ylabel("mel band", fontsize=6, labelpad=1)
-    ax.tick_params(labelsize=5, length=2, pad=1)
-    if title:
-        ax.set_title(title, fontsize=6, pad=2)
-    bar = fig.colorbar(image, ax=ax, pad=0.02)
-    bar.ax.tick_params(labelsize=5, length=2, pad=1)
-    bar.set_label("ln |mel|", fontsize=5, labelpad=1)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.02)
-    plt.close(fig)
-    return buf.getvalue()
+    return (canvas or _Canvas()).png(mel, len(audio) / SAMPLE_RATE)
 
 
 def grid_rows(rows: list[dict], task: str) -> list[tuple[str, str]]:
@@ -72,10 +81,11 @@ def spectrograms(out_dir: Path, rows: list[dict], clips, tasks: list[str], slug)
     import soundfile as sf
 
     pngs: dict[str, bytes] = {}
+    canvas = _Canvas()
     for task in tasks:
         for wav in cell_wavs(rows, clips, task, slug).values():
             if wav not in pngs:
-                pngs[wav] = spectrogram_png(sf.read(str(out_dir / wav), dtype="float32")[0])
+                pngs[wav] = spectrogram_png(sf.read(str(out_dir / wav), dtype="float32")[0], canvas)
     return pngs
 
 

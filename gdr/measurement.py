@@ -85,6 +85,13 @@ class DecoderMeasurement(Measurement):
         self.mel_mask = None if mel_mask is None else mel_mask.to(y.device, y.dtype)
         latent_mask = op.latent_mask(self.z_y.shape[2], self.num_samples, model.vae_scale)
         self.latent_mask = None if latent_mask is None else latent_mask.to(y.device, self.z_y.dtype)
+        self._vocoded: tuple[torch.Tensor, torch.Tensor] | None = None  # (mel, V(mel)) of the last vocoder pass
+
+    def _waveform(self, mel: torch.Tensor) -> torch.Tensor:
+        """``V(mel)`` ``(B, N)``; the same `mel` object twice (PSLD's residual and glue) costs one vocoder pass."""
+        if self._vocoded is None or self._vocoded[0] is not mel:
+            self._vocoded = (mel, self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype))
+        return self._vocoded[1]
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """``(B, 8, L, 16)`` -> ``(B, 1, T, 64)`` log-mel ``D(z0)``, trimmed to the target's frames."""
@@ -93,7 +100,7 @@ class DecoderMeasurement(Measurement):
     def residual_from(self, mel: torch.Tensor) -> torch.Tensor:
         if self.domain == "mel" and self.mel_mask is not None:
             return self.mel_mask * (mel - self.target_mel)
-        wave = self.op(self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype))
+        wave = self.op(self._waveform(mel))
         if self.domain == "mel":
             return log_mel(wave) - self.target_mel
         return wave - self.y
@@ -108,7 +115,7 @@ class DecoderMeasurement(Measurement):
         it sets the reliable samples to ``y`` and clipped ones inside ``(-level, level)`` to ``y``'s clip value."""
         if self.domain == "mel" and self.mel_mask is not None:
             return self.mel_mask * self.target_mel + (1 - self.mel_mask) * mel
-        x = self.model.mel_to_waveform(mel, self.num_samples).to(self.y.dtype)
+        x = self._waveform(mel)
         return log_mel(x + (self.y - self.op(x)))
 
     def consistent_latent(self, mel: torch.Tensor) -> torch.Tensor:

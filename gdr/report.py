@@ -339,7 +339,8 @@ def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: st
     fads, fad_note = fad_results(out_dir, rows, plan, cfg)
     env = environment()
     plots: dict[str, bytes] = {}
-    for name, png in (("forest_plot.png", forest_plot(comps, primaries)), ("strength_curves.png", strength_curves(rows))):
+    for name, png in (("forest_plot.png", forest_plot(comps, primaries)),
+                      ("strength_curves.png", strength_curves(rows))):
         if png is not None:
             plots[name] = png
     listen_pngs = listening.spectrograms(out_dir, rows, plan.clips, list(tasks), _slug)
@@ -352,6 +353,10 @@ def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: st
     model_note = (f"**Model: `{objects.model.pretrained}` has random weights.** Every number below describes a "
                   "random network; it says nothing about the methods." if plan.random_weights
                   else f"Model: `{objects.model.pretrained}`.")
+    conditions = sorted({r.get("condition", "") for r in rows} - {"", "none"})
+    if conditions:  # which condition the prior sampled with; labels other than the default are in method names
+        model_note += (" Prior conditioned on: " + "; ".join(f"`{c}`" for c in conditions)
+                       + " (`metrics.csv` column `condition`; baselines and decoder inversion use no prior).")
     table = summary_table(rows)
     columns = header(rows)
     md = ["# gdr evaluation report", "", model_note, "",
@@ -486,11 +491,12 @@ def log_wandb(out_dir: Path, rows: list[dict], plots: dict[str, bytes], cfg_yaml
                      settings=wandb.Settings(silent=True, console="off"))
     from gdr.metrics import PER_ITEM
 
-    columns = [k for k in rows[0] if k != "wav"] + ["audio"]
+    columns = [k for k in _ordered(k for r in rows for k in r) if k != "wav"] + ["audio"]  # speech metrics: some rows
     table = wandb.Table(columns=columns)
+    numeric = {*PER_ITEM, *SPEECH_METRICS}
     for r in rows:  # metrics as numbers; the rest (mixed "" / numbers) as text so column types stay fixed
-        # A waveform metric of a phase-free output is missing (None), never a number.
-        values = [metric_value(r, k) if k in PER_ITEM else str(r[k]) for k in columns[:-1]]
+        # A waveform metric of a phase-free output, or a metric that does not apply, is missing (None), never a number.
+        values = [metric_value(r, k) if k in numeric else str(r.get(k, "")) for k in columns[:-1]]
         table.add_data(*values, wandb.Audio(str(out_dir / r["wav"]), sample_rate=16000))
     images = {}
     for name, png in plots.items():

@@ -202,7 +202,7 @@ class ScheduleLearner(_Learner):
                  cache_dir: str | None = None, checkpointing: bool = True, seed_offset: int = 0):
         if guidance in ("none", "sdedit", "decoder_inversion"):
             raise ConfigError(f"guidance {guidance!r} has no per-step strength to learn; use latent_pull, inpaint, "
-                              "dps, mpgd or diffpir")
+                              "dps, mpgd, diffpir, psld, resample or daps")
         _check_positive("model.init_scale", init_scale)
         super().__init__(pretrained, guidance, guidance_params, steps, grad_steps, lr, ema_decay, export_dir,
                          cache_dir, checkpointing)

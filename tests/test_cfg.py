@@ -288,3 +288,30 @@ def test_audio_condition_on_a_folder_without_clap_audio_stops_before_anything_is
                       "--output_dir", str(out), "--condition.audio", "measurement", "--data.demo_seconds", "1.0",
                       env={"GDR_CACHE": str(tmp_path / "cache")})
     _one_line_error(proc, "no audio_model weights", out)
+
+
+def test_a_conditioned_run_says_its_condition_in_every_row_and_the_report(tmp_path):
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    from conftest import run_script
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    t = np.arange(16000) / 16000
+    sf.write(str(clips / "tone.wav"), 0.3 * np.sin(2 * np.pi * 330 * t), 16000)
+    out = tmp_path / "out"
+    proc = run_script("evaluate.py", "--config", "configs/smoke.yaml", "--data.root", str(clips), "--output_dir",
+                      str(out), "--sampler.steps", "2", "--progress", "false", "--logger", "false",
+                      "--report.fad", "false", "--sweep.grid", "{condition.cfg_scale: [1.0, 2.5]}",
+                      "--condition.text", "a pure tone", "--condition.audio", "measurement")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    prior = {r["method"]: r["condition"] for r in rows if r["guidance"] == "dps"}
+    assert set(prior.values()) == {'"a pure tone" clap:measurement', '"a pure tone" clap:measurement w=2.5 uncond=original'}
+    assert all(condition in method for method, condition in prior.items())  # two recipes, two labels
+    assert {r["condition"] for r in rows if r["kind"] == "baseline"} == {"none"}
+    report = (out / "report.md").read_text()
+    assert "w=2.5 uncond=original" in report.split("## ")[0]  # said at the top, before any result

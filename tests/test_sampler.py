@@ -166,6 +166,11 @@ CASES = [
     ("diffpir", CLIP, ({}, 0.3), ({}, 3.0)),
     ("diffpir", "noise", ({}, 0.3), ({}, 3.0)),
     ("decoder_inversion", GAPS, ({"iters": 2}, 1.0), ({"iters": 6}, 1.0)),
+    ("psld", LOWPASS, ({}, 10.0), ({}, 100.0)),
+    ("resample", GAPS, ({"every": 1, "iters": 2, "lr": 0.05, "tol": 0.0}, 1.0),
+     ({"every": 1, "iters": 10, "lr": 0.05, "tol": 0.0}, 1.0)),
+    ("daps", LOWPASS, ({"ode_steps": 1, "langevin_steps": 2, "lr": 1e-4}, 0.1),
+     ({"ode_steps": 1, "langevin_steps": 2, "lr": 1e-4}, 1.0)),
 ]
 
 
@@ -209,6 +214,42 @@ def test_waveform_domain_residual_runs_and_lowers_error(tiny_model):
     assert runs["mpgd"] < runs["free"]
 
 
+@pytest.mark.parametrize("degradation", [LOWPASS, GAPS])
+def test_glue_fits_the_measured_mel_cells_and_keeps_the_others(tiny_model, degradation):
+    """PSLD's ``A^T y + (I - A^T A) D(z)`` with a mel mask ``A = m``: the glued mel has zero residual and equals
+    ``D(z)`` where nothing is measured (`DecoderMeasurement.glue`, mel domain)."""
+    op = build_degradation(degradation)
+    measurement = DecoderMeasurement(tiny_model, op, op(_clip()))
+    with torch.no_grad():
+        mel = measurement.decode(torch.randn(measurement.z_y.shape, generator=torch.Generator().manual_seed(0)))
+        glued = measurement.glue(mel)
+        assert measurement.residual_from(glued).abs().max() == 0
+        unmeasured = measurement.mel_mask == 0
+        assert unmeasured.any() and torch.equal(glued.expand_as(mel)[unmeasured.expand_as(mel)],
+                                                mel[unmeasured.expand_as(mel)])
+        torch.testing.assert_close(measurement.consistent_latent(mel), tiny_model.mel_to_latent(glued))
+
+
+@pytest.mark.parametrize("method, params", [
+    ("psld", {}), ("resample", {"every": 1, "iters": 2}), ("daps", {"ode_steps": 2, "langevin_steps": 2}),
+])
+def test_latent_posterior_samplers_run_in_the_waveform_domain_on_clipping(tiny_model, method, params):
+    """The vocoder path: clipping has no mel mask, so the residual and PSLD's / ReSample's glue go through
+    ``V`` and the operator in the waveform (`DecoderMeasurement.glue`); DAPS's ODE calls the UNet again."""
+    op = build_degradation(CLIP)
+    measurement = DecoderMeasurement(tiny_model, op, op(_clip()), domain="waveform")
+    calls = []
+
+    def eps_model(z, t):
+        calls.append(int(t))
+        return tiny_model.eps(z, t)
+
+    z = sample(eps_model, tiny_model.scheduler, build_guidance(method, params), build_schedule(1.0), measurement,
+               steps=4, generator=torch.Generator().manual_seed(0))
+    assert z.shape == measurement.z_y.shape and torch.isfinite(z).all()
+    assert len(calls) == 4 * (2 if method == "daps" else 1)  # DAPS: one extra UNet pass per step for its ODE
+
+
 def test_method_and_degradation_mismatches_fail_before_work(tiny_model):
     with pytest.raises(ConfigError, match="inpaint needs a degradation with a latent mask"):
         GuidedReconstructor(tiny_model, build_degradation({"name": "clip"}), build_guidance("inpaint"),
@@ -216,10 +257,19 @@ def test_method_and_degradation_mismatches_fail_before_work(tiny_model):
     with pytest.raises(ConfigError, match="ddim"):
         GuidedReconstructor(tiny_model, build_degradation("identity"), build_guidance("mpgd"), build_schedule(1.0),
                             scheduler="ddpm")
+    from diffusers import DDIMScheduler
+
+    v_pred = DDIMScheduler.from_config({**tiny_model.scheduler.config, "prediction_type": "v_prediction"})
+    for name, params in (("daps", {}), ("resample", {"travel": 2})):  # their extra UNet passes assume epsilon
+        with pytest.raises(ConfigError, match="epsilon-predicting"):
+            build_guidance(name, params).validate(build_degradation("identity"), v_pred)
     with pytest.raises(ConfigError, match="unknown guidance method 'nope'; known: .*dps"):
         build_guidance("nope")
     for name, params in [("dps", {"loss": "l7"}), ("sdedit", {"strength": 2}), ("diffpir", {"zeta": -1}),
-                         ("mpgd", {"every": 0}), ("decoder_inversion", {"lr": float("nan")}), ("dps", {"bogus": 1})]:
+                         ("mpgd", {"every": 0}), ("decoder_inversion", {"lr": float("nan")}), ("dps", {"bogus": 1}),
+                         ("psld", {"omega": 0, "gamma": 0}), ("psld", {"gamma": -1}), ("resample", {"iters": 0}),
+                         ("resample", {"travel": 1.5}), ("resample", {"pixel_stage": "yes"}),
+                         ("daps", {"ode_steps": 0}), ("daps", {"lr_min_ratio": 2}), ("daps", {"tau": 0})]:
         with pytest.raises(ConfigError):
             build_guidance(name, params)
 

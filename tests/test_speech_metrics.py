@@ -202,3 +202,24 @@ def test_a_speech_run_reports_speech_metrics_and_fad_status(tmp_path, tiny_dir, 
     assert "FAD not computed" in report
     means = report.split("## Means per task and method")[1]
     assert "| pesq_wb | stoi | estoi | dnsmos_sig | dnsmos_bak | dnsmos_ovrl | si_sdr |" in means
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--report.primary", '{"gaps": "plcmoss"}'], "report.primary.gaps: unknown metric 'plcmoss'"),
+    (["--report.correction", "bonferroni"], "report.correction"),
+    (["--data.kind", "podcast"], "data.kind"),
+])
+def test_bad_statistics_and_kind_options_are_one_line(args, needle):
+    from gdr.config import parse
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")) as info:
+        parse(["--config", "configs/smoke.yaml", *args])
+    assert "\n" not in str(info.value)
+
+
+def test_default_primary_and_correction_are_in_the_resolved_config():
+    from gdr.config import parse
+
+    parser, cfg, objects = parse(["--config", "configs/smoke.yaml"])
+    assert objects.report.primary == {"default": "lsd"} and objects.report.correction == "holm"
+    assert "correction: holm" in parser.dump(cfg) and "default: lsd" in parser.dump(cfg)

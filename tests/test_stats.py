@@ -146,7 +146,7 @@ def test_twenty_identical_methods_give_no_winner_in_95_percent_of_repetitions():
     or BH across the report no method is declared better or worse in >= 95 % of 200 seeded repetitions; without
     a correction a false winner is the rule, which is what the correction is for."""
     from gdr.report import comparisons
-    from gdr.stats import correct
+    from gdr.stats import adjust_p, correct
 
     reps = 200
     no_winner = {"holm": 0, "bh": 0, "none": 0}
@@ -157,6 +157,10 @@ def test_twenty_identical_methods_give_no_winner_in_95_percent_of_repetitions():
             no_winner[method] += not any(c.significant for c in correct(comps, method))
     assert no_winner["holm"] / reps >= 0.95 and no_winner["bh"] / reps >= 0.95, no_winner
     assert no_winner["none"] / reps < 0.5, no_winner
+    # The report's own path applies the configured correction to the whole list.
+    comps = comparisons(_identical_methods(0), n_boot=200, confidence=0.95, correction="bh")
+    expected = adjust_p(np.array([c.p for c in comps]), "bh")
+    assert [c.correction for c in comps] == ["bh"] * 40 and [c.p_adjusted for c in comps] == list(expected)
 
 
 def test_a_real_improvement_still_wins_among_twenty():

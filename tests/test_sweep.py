@@ -72,7 +72,7 @@ class _Audio(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "tr" and "data-clip" in attrs:
+        if tag == "td" and "data-clip" in attrs:  # a cell of the listening grid (rows outputs, columns clips)
             self.pairs.add((attrs["data-clip"], attrs["data-method"]))
         if tag == "audio":
             self.players += 1
@@ -104,7 +104,10 @@ def test_smoke_sweep_end_to_end(tmp_path, tiny_dir):
     parser = _Audio()
     parser.feed((out / "report.html").read_text())
     expected = {(r["clip"], r["method"]) for r in rows} | {(c, "clean") for c in clips}
-    assert parser.pairs == expected and parser.players == len(rows) + len(clips)
+    assert parser.pairs == expected and parser.players == len(rows) + len(clips) * len(tasks)  # clean in each grid
+    html = (out / "report.html").read_text()
+    assert html.index("id='primary-forest'") < html.index("<h2>Verdicts</h2>") < html.index("<h2>Listen</h2>")
+    assert html.count("alt='log-mel of ") == parser.players  # a spectrogram in every cell
     assert (out / "plots" / "forest_plot.png").stat().st_size > 1000
     assert (out / "plots" / "strength_curves.png").exists()
     assert list((out / "wandb").glob("offline-run-*"))

@@ -174,10 +174,14 @@ def test_bad_training_configs_fail_in_one_line(tmp_path, capsys, tiny_dir, args,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("guidance", ["latent_pull", "inpaint", "dps", "mpgd", "diffpir"])
+CHEAP_PARAMS = {"diffpir": {"iters": 2}, "resample": {"every": 1, "iters": 2},
+                "daps": {"ode_steps": 2, "langevin_steps": 2, "lr": 1e-4}}
+
+
+@pytest.mark.parametrize("guidance", ["latent_pull", "inpaint", "dps", "mpgd", "diffpir", "psld", "resample", "daps"])
 def test_every_method_with_a_strength_gets_schedule_gradients(tmp_path, cache_dir, tiny_dir, guidance):
     learner = _schedule(tmp_path, cache_dir, guidance=guidance, steps=3, grad_steps=2,
-                        guidance_params={"iters": 2} if guidance == "diffpir" else None)
+                        guidance_params=CHEAP_PARAMS.get(guidance))
     batch = next(iter(_data(crop_seconds=0.32).train_dataloader()))
     loss = learner.training_step(batch, 0)
     loss.backward()
