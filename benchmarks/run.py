@@ -204,7 +204,7 @@ def speed(size: str, args, device, dtype) -> list[str]:
             rows.append(f"| {name} | {t_loop:.3f} | {1000 * t_loop / steps:.1f} | {t_loop / t_ref:.3f} | "
                         f"<= 1.05x loop | | | {t_whole:.3f} |")
 
-    rows += latent_posterior_rows(model, measurement, peer, steps, reps, device, t_fwd, t_fb, t_dec)
+    rows += latent_posterior_rows(model, measurement, peer, t_peer, steps, reps, device)
 
     rows += ["", "DPS every k steps (speed / quality): final measurement residual |A(G(z)) - y| in the mel domain.", "",
              "| every | loop s | x diffusers loop | residual |", "|---|---|---|---|"]
@@ -326,56 +326,82 @@ def latent_posterior_passes(name: str, params: dict, steps: int) -> dict:
             "dec_grad": (len(active) - len(pixel)) * method.iters}
 
 
-def latent_posterior_rows(model, measurement, peer, steps, reps, device, t_fwd, t_fb, t_dec) -> list[str]:
-    """PSLD, ReSample and DAPS against the diffusers loop and their arithmetic bound (passes x unit times).
+def latent_posterior_rows(model, measurement, peer, t_peer, steps, reps, device) -> list[str]:
+    """PSLD, ReSample and DAPS against their arithmetic bound and the diffusers loop.
 
-    The passes a run makes are counted (`PassCounter`) and must equal the docstrings' formulas
-    (`latent_posterior_passes`); the bound prices them with unit times measured alone: UNet forward (`t_fwd`),
-    forward+backward (`t_fb`), decoder forward+backward through the residual (`t_dec`), and here the decoder
-    forward, the encoder forward and the encoder forward+backward.
+    The passes a run makes are counted (`PassCounter`) and must equal the docstrings' cost formulas
+    (`latent_posterior_passes`). The bound is those passes executed alone, back to back (UNet forward or
+    forward+backward, decoder forward+backward through the residual, decoder forward, encoder forward,
+    encoder forward+backward), timed alternately with the method (ABAB...) so machine noise hits both alike.
+    ``x diffusers`` divides by `t_peer`, the diffusers loop's time measured before.
     """
-    mel = measurement.decode(measurement.z_y).detach()
+    z = measurement.z_y
+    mel = measurement.decode(z).detach()
+    t_val = torch.tensor(500, device=device)
 
-    def dec_fwd():
-        with torch.no_grad():
-            measurement.decode(measurement.z_y)
+    def unet(grad):
+        if grad:
+            model.eps(z.clone().requires_grad_(True), t_val).sum().backward()
+        else:
+            with torch.no_grad():
+                model.eps(z, t_val)
 
-    def enc_fwd():
-        with torch.no_grad():
-            model.mel_to_latent(mel)
-
-    def enc_fwd_bwd():
-        model.mel_to_latent(mel.clone().requires_grad_(True)).pow(2).sum().backward()
-
-    unit = {"unet_fwd": t_fwd, "dec_fwd": timed(dec_fwd, device, reps), "enc_fwd": timed(enc_fwd, device, reps),
-            "enc_grad": timed(enc_fwd_bwd, device, reps), "dec_grad": t_dec}
-    rows = ["", "Latent posterior samplers (`gdr/latent_posterior.py`; lowpass, mel domain): passes counted during "
-            f"the run and priced at unit times measured alone (decoder forward {1000 * unit['dec_fwd']:.1f} ms, "
-            f"encoder forward {1000 * unit['enc_fwd']:.1f} ms, encoder forward+backward "
-            f"{1000 * unit['enc_grad']:.1f} ms).", "",
-            "| method | params | passes (UNet / dec fwd / dec fwd+bwd / enc fwd / enc fwd+bwd) | loop s | "
-            "x diffusers loop | bound s | x bound |", "|---|---|---|---|---|---|---|"]
+    units = {"dec_grad": lambda: measurement.residual(z.clone().requires_grad_(True)).pow(2).sum().backward(),
+             "dec_fwd": lambda: torch.no_grad()(measurement.decode)(z),
+             "enc_fwd": lambda: torch.no_grad()(model.mel_to_latent)(mel),
+             "enc_grad": lambda: model.mel_to_latent(mel.clone().requires_grad_(True)).pow(2).sum().backward()}
+    rows = ["", ("Latent posterior samplers (`gdr/latent_posterior.py`; lowpass, mel domain, scale 0.5): passes counted "
+                 "during the run, equal to each docstring's cost formula; bound = those passes run alone, timed "
+                 "alternately with the method."), "",
+            ("| method | params | passes (UNet / dec fwd / dec fwd+bwd / enc fwd / enc fwd+bwd) | loop s | "
+             "x diffusers loop | bound s | x bound |"), "|---|---|---|---|---|---|---|"]
     for name, params in LATENT_POSTERIOR_METHODS:
         guidance = build_guidance(name, params)
         counter = PassCounter(model, model.eps)
 
-        def run():
-            return sample(counter.eps, model.scheduler, guidance, Constant(0.5), measurement, steps=steps,
+        def run(guidance=guidance):
+            return sample(model.eps, model.scheduler, guidance, Constant(0.5), measurement, steps=steps,
                           generator=torch.Generator(device=device).manual_seed(0))
 
         with counter:
-            run()
+            sample(counter.eps, model.scheduler, guidance, Constant(0.5), measurement, steps=steps,
+                   generator=torch.Generator(device=device).manual_seed(0))
         counts, want = dict(counter.counts), latent_posterior_passes(name, params, steps)
         if {k: v for k, v in counts.items() if v} != {k: v for k, v in want.items() if v}:
             raise AssertionError(f"{name}: counted passes {counts} differ from its cost formula {want}")
-        unet_unit = t_fb if name == "psld" else t_fwd  # PSLD's one UNet pass per step is forward+backward
-        bound = (counts.get("unet", 0) * unet_unit + sum(counts.get(k, 0) * unit[k] for k in
-                                                         ("dec_fwd", "dec_grad", "enc_fwd", "enc_grad")))
-        t_loop, t_ref = interleaved(run, peer, device, 1 if device.type == "cpu" and t_fb > 0.5 else reps)
+
+        def bound_run(counts=counts, grad=name == "psld"):  # PSLD's one UNet pass per step is forward+backward
+            for _ in range(counts.get("unet", 0)):
+                unet(grad)
+            for kind, fn in units.items():
+                for _ in range(counts.get(kind, 0)):
+                    fn()
+
+        t_loop, bound = interleaved(run, bound_run, device, reps)
         passes = " / ".join(str(counts.get(k, 0)) for k in ("unet", "dec_fwd", "dec_grad", "enc_fwd", "enc_grad"))
-        rows.append(f"| {name} | {json.dumps(params)} | {passes} | {t_loop:.3f} | {t_loop / t_ref:.2f} | "
+        rows.append(f"| {name} | {json.dumps(params)} | {passes} | {t_loop:.3f} | {t_loop / t_peer:.2f} | "
                     f"{bound:.3f} | {t_loop / bound:.2f} |")
     return rows
+
+
+def latent_posterior_speed(size: str, args, device, dtype) -> list[str]:
+    """The latent posterior samplers' table alone (``--latent-posterior-only``), on the speed table's setup."""
+    model, pipe = build(size, device, dtype)
+    op = build_degradation({"name": "lowpass", "cutoff_hz": 4000})
+    measurement = DecoderMeasurement(model, op, op(clip(args.seconds, device)))
+    z_shape, c = measurement.z_y.shape, model.null_condition
+    latents = torch.randn(z_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+
+    def peer():
+        with torch.no_grad():
+            pipe(prompt_embeds=c.t5, attention_mask=c.t5_mask, generated_prompt_embeds=c.gpt2, guidance_scale=1.0,
+                 num_inference_steps=args.steps, audio_length_in_s=z_shape[2] * 4 * 0.01, latents=latents.clone(),
+                 output_type="latent")
+
+    t_peer = timed(peer, device, args.repeats)
+    return [f"\n### {size} model, {args.seconds:g} s of audio (latent {tuple(z_shape)}), {args.steps} steps, "
+            f"{str(dtype).replace('torch.', '')}, {device.type}; diffusers loop {t_peer:.3f} s"] + \
+        latent_posterior_rows(model, measurement, peer, t_peer, args.steps, args.repeats, device)
 
 
 class RssSampler:
@@ -489,6 +515,8 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the loop")
+    parser.add_argument("--latent-posterior-only", action="store_true",
+                        help="only the PSLD / ReSample / DAPS table (tiny or real size, no memory runs)")
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -508,6 +536,11 @@ def main() -> None:
           f"device {name}. torch {torch.__version__}, diffusers {diffusers.__version__}. "
           f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`")
     lines = []
+    if args.latent_posterior_only:
+        for size in args.sizes:
+            lines += latent_posterior_speed(size, args, device, dtype)
+        print("\n".join(lines))
+        return
     if not args.memory_only:
         for size in args.sizes:
             lines += speed(size, args, device, dtype)

@@ -400,4 +400,4 @@ def build_guidance(name: str, params: dict | None = None) -> Guidance:
 
 
 # The latent posterior samplers of 2023-25 live in their own module and register here.
-from gdr import latent_posterior  # noqa: E402,F401  (import for registration)
+from gdr import latent_posterior  # noqa: F401  (import for registration)
