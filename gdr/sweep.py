@@ -76,7 +76,8 @@ def task_label(degradation: dict) -> str:
 
 
 def recipe_label(recipe: dict) -> str:
-    """``dps s=0.5 cosine 20st`` style label of the guidance part of a recipe (what the report compares)."""
+    """``dps s=0.5 cosine 20st`` style label of a recipe (what the report compares): the guidance, the steps, sampler
+    settings away from their defaults (``waveform``, ``ddpm``, ``eta=1``) and a condition other than the default."""
     g, s = recipe["guidance"], recipe["sampler"]
     label = f"{g['name']} s={g['scale']:g}"
     if g.get("schedule_path"):
@@ -86,6 +87,10 @@ def recipe_label(recipe: dict) -> str:
     if g.get("params"):
         label += " " + ",".join(f"{k}={v}" for k, v in sorted(g["params"].items()))
     label = f"{label} {s['steps']}st"
+    # Sampler settings away from the defaults, so that a sweep over them gives each recipe its own name (and wav).
+    for key, default, text in (("domain", "mel", "{}"), ("scheduler", "ddim", "{}"), ("eta", 0.0, "eta={:g}")):
+        if s.get(key, default) != default:
+            label += " " + text.format(s[key])
     condition = condition_label(recipe)
     return label if condition == DEFAULT_CONDITION else f"{label} {condition}"
 

@@ -258,11 +258,9 @@ def _one_line_error(proc, needle, out):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, needle", [
+@pytest.mark.parametrize("args, needle", [  # the other bad values: test_bad_condition_values_are_one_line_...
     (["--condition.cfg_scale", "nan", "--condition.text", "rain"], "cfg_scale"),
-    (["--condition.cfg_scale", "-2", "--condition.text", "rain"], "cfg_scale"),
-    (["--condition.cfg_scale", "3.5"], "nothing to guide towards"),
-    (["--sweep.grid", "{condition.cfg_scale: [1.0, .nan]}", "--condition.text", "rain"], "cfg_scale"),
+    (["--sweep.grid", "{condition.cfg_scale: [1.0, -2.0]}", "--condition.text", "rain"], "cfg_scale"),
 ])
 def test_bad_condition_values_stop_the_script_in_one_line(tmp_path, args, needle):
     from conftest import run_script
@@ -310,7 +308,8 @@ def test_a_conditioned_run_says_its_condition_in_every_row_and_the_report(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     prior = {r["method"]: r["condition"] for r in rows if r["guidance"] == "dps"}
-    assert set(prior.values()) == {'"a pure tone" clap:measurement', '"a pure tone" clap:measurement w=2.5 uncond=original'}
+    assert set(prior.values()) == {'"a pure tone" clap:measurement',
+                                   '"a pure tone" clap:measurement w=2.5 uncond=original'}
     assert all(condition in method for method, condition in prior.items())  # two recipes, two labels
     assert {r["condition"] for r in rows if r["kind"] == "baseline"} == {"none"}
     report = (out / "report.md").read_text()

@@ -214,3 +214,22 @@ def test_resume_keys_change_with_everything_that_changes_a_result(override):
     model_side = override[0].split(".")[0] in ("--model", "--chunk", "--report")
     assert baseline_keys and all((a[k] != b[k]) == model_side for k in baseline_keys)
     assert keys(base) == a  # and the keys are stable when nothing changes
+
+
+def test_recipes_that_differ_get_different_labels_and_defaults_keep_the_short_one():
+    """Labels name wav files and report rows: two recipes of one sweep must never share one."""
+    from gdr.sweep import recipe_label
+
+    base = {"guidance": {"name": "dps", "scale": 1.0, "schedule": "constant", "params": {}},
+            "sampler": {"steps": 20, "eta": 0.0, "scheduler": "ddim", "domain": "mel"},
+            "condition": {"text": "", "negative_text": "", "cfg_scale": 1.0, "audio": "none",
+                          "unconditional": "original"}}
+    assert recipe_label(base) == "dps s=1 20st"
+    variants = [("sampler", "domain", "waveform"), ("sampler", "eta", 1.0), ("sampler", "scheduler", "ddpm"),
+                ("condition", "unconditional", "diffusers"), ("condition", "text", "rain"),
+                ("condition", "audio", "measurement")]
+    labels = set()
+    for part, key, value in variants:
+        recipe = {**base, part: {**base[part], key: value}}
+        labels.add(recipe_label(recipe))
+    assert len(labels) == len(variants) and recipe_label(base) not in labels
