@@ -331,8 +331,8 @@ def condition_key(item: Item) -> str:
     """What an item's conditioning depends on: the spec, and for ``audio: measurement`` the measured clip."""
     spec = ConditionSpec.from_dict(item.recipe.get("condition"))
     if spec.conditioned and spec.audio == "measurement":
-        degradation = {k: v for k, v in item.recipe["degradation"].items()}
-        return json.dumps([dataclasses.asdict(spec), item.clip_hash, item.clip, degradation], sort_keys=True)
+        return json.dumps([dataclasses.asdict(spec), item.clip_hash, item.clip, item.recipe["degradation"]],
+                          sort_keys=True)
     return json.dumps(dataclasses.asdict(spec), sort_keys=True)
 
 
