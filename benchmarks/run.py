@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gdr.backbone import AudioLDM2  # noqa: E402
-from gdr.conditioning import Condition  # noqa: E402
 from gdr.builders import build_real_size_components, build_tiny_pipeline  # noqa: E402
+from gdr.conditioning import Condition  # noqa: E402
 from gdr.degradations import build_degradation  # noqa: E402
-from gdr.guidance import build_guidance  # noqa: E402
 from gdr.measurement import DecoderMeasurement, LatentMeasurement  # noqa: E402
+from gdr.methods import build_guidance  # noqa: E402
 from gdr.sampler import sample  # noqa: E402
 from gdr.schedules import Constant  # noqa: E402
 
@@ -115,6 +115,22 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def diffusers_loop(pipe, z_shape, latents: torch.Tensor, steps: int, cond, uncond=None, guidance_scale: float = 1.0):
+    """The peer every row is timed against: `AudioLDM2Pipeline`'s denoising loop (``output_type="latent"``) from
+    `latents`, conditioned on `cond` (a `Condition`), with CFG against `uncond` when ``guidance_scale > 1``.
+    Returns a no-argument callable to time."""
+    negative = {} if uncond is None else {"negative_prompt_embeds": uncond.t5, "negative_attention_mask": uncond.t5_mask,
+                                          "negative_generated_prompt_embeds": uncond.gpt2}
+
+    def run():
+        with torch.no_grad():
+            pipe(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2, **negative,
+                 guidance_scale=guidance_scale, num_inference_steps=steps, audio_length_in_s=z_shape[2] * 4 * 0.01,
+                 latents=latents.clone(), output_type="latent")
+
+    return run
+
+
 def speed(size: str, args, device, dtype) -> list[str]:
     model, pipe = build(size, device, dtype)
     op = build_degradation({"name": "lowpass", "cutoff_hz": 4000})
@@ -125,12 +141,7 @@ def speed(size: str, args, device, dtype) -> list[str]:
     c = model.null_condition
     latents = torch.randn(z_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
-    def peer():
-        with torch.no_grad():
-            pipe(prompt_embeds=c.t5, attention_mask=c.t5_mask, generated_prompt_embeds=c.gpt2, guidance_scale=1.0,
-                 num_inference_steps=steps, audio_length_in_s=z_shape[2] * 4 * 0.01, latents=latents.clone(),
-                 output_type="latent")
-
+    peer = diffusers_loop(pipe, z_shape, latents, steps, c)
     t_peer = timed(peer, device, reps)
 
     # Components of the arithmetic bound, each timed alone, with their FLOPs.
@@ -256,12 +267,7 @@ def cfg_speed(size: str, args, device, dtype) -> list[str]:
     measurement = LatentMeasurement(zeros, zeros)
     steps = args.steps
 
-    def peer():
-        with torch.no_grad():
-            pipe(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2,
-                 negative_prompt_embeds=uncond.t5, negative_attention_mask=uncond.t5_mask,
-                 negative_generated_prompt_embeds=uncond.gpt2, guidance_scale=3.5, num_inference_steps=steps,
-                 audio_length_in_s=z_shape[2] * 4 * 0.01, latents=latents.clone(), output_type="latent")
+    peer = diffusers_loop(pipe, z_shape, latents, steps, cond, uncond, guidance_scale=3.5)
 
     def ours():
         with torch.no_grad():
@@ -312,7 +318,7 @@ class PassCounter:
 
 def latent_posterior_passes(name: str, params: dict, steps: int) -> dict:
     """Each method's passes per run from its docstring's cost formula (lowpass in the mel domain: no vocoder)."""
-    from gdr.latent_posterior import ReSample
+    from gdr.methods.latent_posterior import ReSample
 
     if name == "psld":  # every step: UNet forward+backward, decoder forward+backward, encoder forward+backward
         return {"unet": steps, "dec_grad": steps, "enc_grad": steps}
@@ -392,12 +398,7 @@ def latent_posterior_speed(size: str, args, device, dtype) -> list[str]:
     z_shape, c = measurement.z_y.shape, model.null_condition
     latents = torch.randn(z_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
-    def peer():
-        with torch.no_grad():
-            pipe(prompt_embeds=c.t5, attention_mask=c.t5_mask, generated_prompt_embeds=c.gpt2, guidance_scale=1.0,
-                 num_inference_steps=args.steps, audio_length_in_s=z_shape[2] * 4 * 0.01, latents=latents.clone(),
-                 output_type="latent")
-
+    peer = diffusers_loop(pipe, z_shape, latents, args.steps, c)
     t_peer = timed(peer, device, args.repeats)
     return [f"\n### {size} model, {args.seconds:g} s of audio (latent {tuple(z_shape)}), {args.steps} steps, "
             f"{str(dtype).replace('torch.', '')}, {device.type}; diffusers loop {t_peer:.3f} s"] + \
@@ -457,7 +458,8 @@ def memory_child(seconds: float, size: str, steps: int) -> None:
 
 def profile(args, device) -> list[str]:
     """torch.profiler over one plain loop of the tiny model: where the time goes."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     model, _ = build("tiny", device, torch.float32)
     op = build_degradation({"name": "lowpass", "cutoff_hz": 4000})
@@ -525,8 +527,9 @@ def main() -> None:
         return
     if args.compile:
         args.variants = [*args.variants, "compile"]
-    import diffusers
     import platform
+
+    import diffusers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)

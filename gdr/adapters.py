@@ -1,10 +1,9 @@
-"""LoRA adapters on AudioLDM2's UNet (peft), and learned guidance schedules, as small safetensors files.
+"""LoRA adapters on AudioLDM2's UNet (peft), as small safetensors files.
 
-* LoRA: `inject_lora` adds peft LoRA layers to the UNet's attention projections; `save_lora` writes
-  ``lora.safetensors`` (the peft state dict) and ``adapter_config.json``; `load_lora` injects the same
-  config into a fresh UNet and loads the weights back through peft.
-* Schedule: `save_schedule` writes ``schedule.safetensors`` with the per-step strengths (``values``, one
-  per sampling step, noisiest first) and metadata (method, steps); `load_schedule` returns a `Table`.
+`inject_lora` adds peft LoRA layers to the UNet's attention projections; `save_lora` writes
+``lora.safetensors`` (the peft state dict) and ``adapter_config.json``; `load_lora` injects the same
+config into a fresh UNet and loads the weights back through peft. (Learned schedules have their own file
+format, in `gdr.schedules`.)
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from gdr import checks
 from gdr.atomic import atomic_path, write_text
 from gdr.errors import ConfigError, ModelNotFoundError
-from gdr.schedules import Table
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -27,10 +26,8 @@ def inject_lora(unet: torch.nn.Module, rank: int = 8, alpha: float = 8.0,
     """Add LoRA layers to `unet` in place (only they are trainable afterwards); returns the peft config."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"lora rank must be an integer >= 1, got {rank!r}")
-    if not alpha > 0:
-        raise ConfigError(f"lora alpha must be > 0, got {alpha!r}")
+    checks.integer("lora rank", rank, low=1)
+    checks.positive("lora alpha", alpha)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout,
                         init_lora_weights=True)
     unet.requires_grad_(False)
@@ -78,32 +75,3 @@ def load_lora(unet: torch.nn.Module, folder: str | os.PathLike) -> None:
         raise ModelNotFoundError(f"LoRA weights in {weights} do not fit this UNet "
                                  f"(e.g. {result.unexpected_keys[0]})")
     unet.requires_grad_(False)
-
-
-def save_schedule(path: str | os.PathLike, values: torch.Tensor, *, method: str, steps: int) -> Path:
-    """Write per-step strengths ``(steps,)`` to a safetensors file with their method and step count."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({"values": values.detach().float().cpu().contiguous()}, str(tmp),
-                  metadata={"method": method, "steps": str(steps), "format": "gdr-schedule"})
-    return path
-
-
-def load_schedule(path: str | os.PathLike, method: str | None = None) -> Table:
-    """A `Table` schedule from `save_schedule`'s file; `method` must match the one it was trained for."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"schedule file {path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            values = f.get_tensor("values")
-    except Exception as exc:
-        raise ConfigError(f"schedule file {path} is not a gdr schedule ({str(exc).splitlines()[0]})") from None
-    if method is not None and meta.get("method") not in (None, method):
-        raise ConfigError(f"schedule {path} was learned for {meta.get('method')!r}, not {method!r}")
-    return Table(values)

@@ -51,15 +51,16 @@ SILENCE_PEAK = 1e-5
 MonoMode = Literal["first", "mean"]
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read any file soundfile can decode. Returns ``(samples (N, C) float32, sample_rate)``."""
+def read_audio(path: str | os.PathLike, dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """Read any file soundfile can decode. Returns ``(samples (N, C) in `dtype`, sample_rate)``, full scale 1
+    (``float64`` holds every PCM code exactly, up to 32 bits)."""
     path = Path(path)
     if not path.exists():
         raise AudioFileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise UnreadableAudioError(f"{path}: is a folder, not an audio file")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(str(path), dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnreadableAudioError(f"{path}: not readable as audio ({reason})") from None
@@ -214,3 +215,13 @@ def log_mel(waveform: torch.Tensor) -> torch.Tensor:
     mel = torch.einsum("bft,fm->btm", spec, _mel_filterbank(waveform.dtype, device))  # (B, frames, 64)
     mel = mel[:, : num_frames(waveform.shape[-1])]
     return torch.log(torch.clamp(mel, min=LOG_FLOOR)).unsqueeze(1)
+
+
+def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int, format: str, subtype: str) -> None:
+    """Write ``(N, C)`` float64 samples (full scale 1) in `format` / `subtype` (soundfile's names), atomically.
+
+    PCM subtypes round to the nearest code and saturate at full scale (libsndfile), so a float64 sample read
+    from a PCM file is written back to the same code, bit for bit.
+    """
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), samples, sample_rate, format=format, subtype=subtype)

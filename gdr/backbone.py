@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from gdr.audio import HOP_LENGTH, LOG_FLOOR, log_mel
-from gdr.conditioning import Condition, Conditioning, NullConditionKind, load_null_condition
+from gdr.condition_cache import load_null_condition
+from gdr.conditioning import Condition, Conditioning, NullConditionKind
 from gdr.errors import ConfigError, ModelNotFoundError
 from gdr.hub import DEFAULT_MODEL, first_line, how_to_get, resolve_model_folder
+
 
 def default_cache_dir() -> Path:
     """``$GDR_CACHE`` or ``~/.cache/gdr``: the tiny model and cached null conditions live here."""
@@ -141,6 +143,10 @@ class AudioLDM2(nn.Module):
     def samples_multiple(self) -> int:
         """Waveform lengths the whole chain handles without padding: 160 * 4 * 2**(UNet levels - 1)."""
         return HOP_LENGTH * self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def pad_to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the last axis of `x` (waveforms, ``(..., n)``) at the end to a multiple of `samples_multiple`."""
+        return torch.nn.functional.pad(x, (0, (-x.shape[-1]) % self.samples_multiple))
 
     @property
     def device(self) -> torch.device:

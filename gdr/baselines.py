@@ -31,11 +31,6 @@ from gdr.registry import Registry
 BASELINES = Registry("baseline")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the last axis of `x` at the end to a multiple of `multiple` samples."""
-    return torch.nn.functional.pad(x, (0, (-x.shape[-1]) % multiple))
-
-
 @dataclass
 class Baseline:
     """A named baseline. ``fn(model, y, degradation)``: ``y`` ``(B, n)`` -> ``(B, n)``.
@@ -74,7 +69,7 @@ def degraded(model: AudioLDM2, y: torch.Tensor, degradation=None) -> torch.Tenso
 def vocoder_roundtrip(model: AudioLDM2, y: torch.Tensor, degradation=None) -> torch.Tensor:
     """B1v: ``V(M(y))``, separates vocoder error from VAE error."""
     n = y.shape[-1]
-    return model.mel_to_waveform(log_mel(pad_to_multiple(y, model.samples_multiple)), n)
+    return model.mel_to_waveform(log_mel(model.pad_to_grid(y)), n)
 
 
 @register("vae_roundtrip")
@@ -82,7 +77,7 @@ def vocoder_roundtrip(model: AudioLDM2, y: torch.Tensor, degradation=None) -> to
 def vae_roundtrip(model: AudioLDM2, y: torch.Tensor, degradation=None) -> torch.Tensor:
     """B1: ``G(E(M(y)))``, the seed's "plain VAE reconstruction" (posterior mode)."""
     n = y.shape[-1]
-    z = model.waveform_to_latent(pad_to_multiple(y, model.samples_multiple))
+    z = model.waveform_to_latent(model.pad_to_grid(y))
     return model.latent_to_waveform(z, n)
 
 

@@ -36,12 +36,18 @@ def _one_line_warnings() -> None:
 
 
 def main_guard(main: Callable[[], int]) -> int:
-    """Run `main`; a `GdrError` prints one line and returns 1, Ctrl-C returns 130. Bugs still raise."""
+    """Run `main`; a `GdrError` prints one line and returns 1; a run stopped by a signal (`gdr.interrupt`)
+    prints one line and returns 128 + the signal (143 for SIGTERM, 130 for Ctrl-C). Bugs still raise."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_lightning()
     _one_line_warnings()
+    from gdr.interrupt import Interrupted
+
     try:
         return main()
+    except Interrupted as exc:  # a signal asked the run to stop; what is finished stays
+        print(f"interrupted: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
     except GdrError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

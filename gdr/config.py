@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
+from gdr import checks
 from gdr.errors import ConfigError
-
-
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+from gdr.schedulers import check_sampling
 
 
 @dataclass
 class ModelConfig:
     """Which AudioLDM2 to load and how.
 
-    pretrained: hub id, local pipeline folder, or ``gdr-tiny`` (the built-in random tiny model).
-    cache_dir: where the tiny model and the cached null conditioning live (default ``$GDR_CACHE`` or ``~/.cache/gdr``).
-    lora_path: a LoRA adapter folder written by ``scripts/train.py`` (lora.safetensors + adapter_config.json).
-    dtype: the UNet's dtype; the VAE and vocoder stay float32 when the VAE config asks (``force_upcast``).
-    attention: ``sdpa`` (fused) or ``eager``; compile: ``torch.compile`` the UNet (GPU runs; slow first call).
-    variant: weight-file variant to load, e.g. ``fp16`` for ``*.fp16.safetensors`` folders (null = the plain files).
+    Attributes:
+        pretrained: Hub id (cvssp/audioldm2, -large, -music), a local pipeline folder, or gdr-tiny (the built-in
+            random tiny model).
+        dtype: The UNet's dtype; the VAE and vocoder stay float32 when the VAE config asks (force_upcast).
+        device: auto (a GPU when there is one), cpu, cuda or cuda:N.
+        cache_dir: Where the tiny model and cached conditions live (null = $GDR_CACHE, else ~/.cache/gdr).
+        lora_path: A LoRA adapter folder written by scripts/train.py (lora.safetensors, adapter_config.json).
+        attention: UNet attention: sdpa (fused) or eager.
+        compile: torch.compile the UNet (for GPU runs; the first call is slow).
+        variant: Weight-file variant, e.g. fp16 for *.fp16.safetensors (null = the plain files).
     """
 
     pretrained: str = "cvssp/audioldm2"
@@ -47,11 +47,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Input clips: every audio file under ``root``, or the built-in demo clips when ``root`` is null.
+    """Input clips: every audio file under root, or the built-in demo clips.
 
-    mono: ``first`` keeps channel 0 (as AudioLDM2 does), ``mean`` averages the channels.
-    kind: the kind of every clip that neither ``manifest.csv`` nor a folder name marks (``speech`` turns on the
-    speech metrics; ``data/README.md``); null means ``other``.
+    Attributes:
+        root: Folder of audio files (any depth); null = the built-in demo clips.
+        mono: How several channels become one: first keeps channel 0 (as AudioLDM2 does), mean averages them.
+        demo_seconds: Length of each demo clip in seconds, > 0 (used when root is null).
+        kind: Kind of every clip that neither manifest.csv nor a folder name marks; speech turns on the speech
+            metrics (data/README.md); null = other.
     """
 
     root: Optional[str] = None
@@ -60,17 +63,17 @@ class DataConfig:
     kind: Optional[Literal["speech", "music", "sound", "other"]] = None
 
     def __post_init__(self):
-        _positive("data.demo_seconds", self.demo_seconds)
+        checks.positive("data.demo_seconds", self.demo_seconds)
 
 
 @dataclass
 class ChunkConfig:
-    """Long audio runs in chunks of ``seconds`` overlapping by at least ``overlap_seconds``.
+    """Long audio runs in overlapping chunks on the model's grid (0.32 s for AudioLDM2).
 
-    Both are moved onto the model's grid (0.32 s for AudioLDM2: hop 160 x VAE 4 x UNet 8), so chunks see
-    the whole clip's mel frames and latent cells; the overlap is at most half a chunk (`gdr.chunking`).
-
-    10.24 s is the length AudioLDM2 was trained on; ``batch_size`` chunks run through the model at once.
+    Attributes:
+        seconds: Chunk length in seconds, > 0 (10.24 s is what AudioLDM2 was trained on).
+        overlap_seconds: Overlap of neighbouring chunks in seconds, in [0, seconds / 2].
+        batch_size: Chunks that go through the model at once, an integer >= 1.
     """
 
     seconds: float = 10.24
@@ -78,20 +81,21 @@ class ChunkConfig:
     batch_size: int = 1
 
     def __post_init__(self):
-        _positive("chunk.seconds", self.seconds)
+        checks.positive("chunk.seconds", self.seconds)
         if not 0 <= self.overlap_seconds <= self.seconds / 2:
             raise ConfigError(f"chunk.overlap_seconds must be in [0, chunk.seconds / 2], got {self.overlap_seconds}")
-        if self.batch_size < 1:
-            raise ConfigError(f"chunk.batch_size must be >= 1, got {self.batch_size}")
+        checks.integer("chunk.batch_size", self.batch_size, low=1)
 
 
 @dataclass
 class DegradationConfig:
-    """The operator ``y = A(x) (+ n)`` applied to every clip, by registry name, with its parameters.
+    """The operator y = A(x) (+ n) applied to every clip, by registry name.
 
-    ``params`` e.g. ``{cutoff_hz: 4000}`` (lowpass), ``{snr_db: 10, color: pink}`` (noise),
-    ``{level: 0.1}`` (clip), ``{length_ms: 100, count: 3}`` (gaps), ``{ops: [...]}`` (compose).
-    ``seed`` fixes the noise realisation per clip (independent of the sampler seeds).
+    Attributes:
+        name: The degradation (see the list below), e.g. lowpass.
+        params: Its parameters, e.g. {cutoff_hz: 4000} (lowpass), {snr_db: 10, color: pink} (noise),
+            {level: 0.1} (clip), {length_ms: 100, count: 3} (gaps).
+        seed: Seed of the noise realisation per clip, an integer (independent of the sampler seeds).
     """
 
     name: str = "identity"
@@ -101,13 +105,17 @@ class DegradationConfig:
 
 @dataclass
 class GuidanceConfig:
-    """The guidance method by registry name, its strength schedule and method parameters.
+    """The guidance method, its per-step strength and its own parameters.
 
-    Strength: ``constant`` uses ``scale`` at every step; ``linear`` / ``cosine`` ramp from
-    ``start_scale`` (default 0) at the noisiest step to ``scale`` at the last; ``schedule_path`` loads
-    a schedule learned by ``scripts/train.py`` (it replaces the others).
-    ``params`` are the method's own options, e.g. ``{strength: 0.5}`` (sdedit), ``{lam: 1, zeta: 0.3}``
-    (diffpir), ``{loss: norm, every: 2}`` (dps, mpgd), ``{start: target}`` (latent_pull).
+    Attributes:
+        name: The method (see the list below), e.g. dps.
+        scale: Strength at every step (constant) or at the last step (ramps), a finite number >= 0.
+        schedule: constant, or a linear / cosine ramp from start_scale at the noisiest step to scale.
+        start_scale: First strength of a ramp, >= 0 (null = 0).
+        params: The method's own options, e.g. {strength: 0.5} (sdedit), {lam: 1, zeta: 0.3} (diffpir),
+            {loss: norm, every: 2} (dps, mpgd), {start: target} (latent_pull).
+        schedule_path: A schedule learned by scripts/train.py (schedule.safetensors); replaces scale and
+            schedule.
     """
 
     name: str = "dps"
@@ -120,9 +128,16 @@ class GuidanceConfig:
 
 @dataclass
 class SamplerConfig:
-    """The reverse process. ``domain``: where data consistency is measured (``mel`` or ``waveform``).
+    """The reverse process (the diffusers scheduler does the math).
 
-    ``seeds``: how many independent samples per clip (seeds 0 .. seeds-1).
+    Attributes:
+        steps: Sampling steps, an integer in [1, 1000].
+        eta: DDIM eta in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like noise).
+        scheduler: ddim or ddpm.
+        domain: Where data consistency is measured: mel (the VAE's input) or waveform (through the vocoder).
+        return_denoised: Decode the last step's denoised estimate (true) or its prev_sample (false, as the
+            seed experiment did).
+        seeds: Independent samples per clip (seeds 0 .. seeds-1), an integer >= 1.
     """
 
     steps: int = 50
@@ -133,24 +148,22 @@ class SamplerConfig:
     seeds: int = 1
 
     def __post_init__(self):
-        if self.steps < 1 or self.steps > 1000:
-            raise ConfigError(f"sampler.steps must be in [1, 1000], got {self.steps}")
-        if not 0 <= self.eta <= 1:
-            raise ConfigError(f"sampler.eta must be in [0, 1], got {self.eta}")
-        if self.seeds < 1:
-            raise ConfigError(f"sampler.seeds must be >= 1, got {self.seeds}")
+        check_sampling(self.steps, self.eta, self.scheduler, self.domain)
+        checks.integer("sampler.seeds", self.seeds, low=1)
 
 
 @dataclass
 class ConditionConfig:
-    """What the prior is conditioned on (`gdr.conditioning.ConditionSpec`; computed once per clip and cached).
+    """What the prior is conditioned on (computed once per clip and cached).
 
-    text: a prompt, e.g. ``"a man speaking"`` ("" = none); negative_text: CFG's negative prompt.
-    cfg_scale: classifier-free guidance weight (1 = none; AudioLDM2's pipeline default is 3.5).
-    audio: ``none`` or ``measurement``: condition on the CLAP audio embedding of the degraded input
-    (no typing; the T5 stream comes from ``text`` or ""). unconditional: the null condition, ``original``
-    (zeros for the GPT-2 stream, what the UNet was trained with) or ``diffusers`` ("" through the text
-    stack): the UNet's condition when there is neither text nor audio, and CFG's unconditional branch.
+    Attributes:
+        text: A prompt, e.g. "a man speaking" ("" = none).
+        negative_text: Classifier-free guidance's negative prompt ("" = the null condition).
+        cfg_scale: Classifier-free guidance weight, a finite number >= 0 (1 = none; AudioLDM2's pipeline
+            uses 3.5).
+        audio: none, or measurement: condition on the CLAP audio embedding of the degraded input.
+        unconditional: The null condition: original (zeros for the GPT-2 stream, what the UNet was trained
+            with) or diffusers ("" through the text stack).
     """
 
     text: str = ""
@@ -167,11 +180,13 @@ class ConditionConfig:
 
 @dataclass
 class SweepConfig:
-    """A grid over recipes: dotted keys (``guidance.name``, ``guidance.scale``, ``degradation``,
-    ``sampler.steps``, ...) mapped to lists; the run covers their Cartesian product x clips x seeds.
+    """A grid over recipes, crossed with every clip and seed.
 
-    skip_incompatible: drop (method, degradation) pairs that cannot run together (e.g. inpaint on
-    clipping) and list them in the report, instead of failing.
+    Attributes:
+        grid: Dotted keys mapped to lists, e.g. {guidance.name: [dps, mpgd], guidance.scale: [0.5, 1]}; the run
+            covers their Cartesian product.
+        skip_incompatible: Drop (method, degradation) pairs that cannot run together (e.g. inpaint on
+            clipping) and list them in the report, instead of failing.
     """
 
     grid: dict = field(default_factory=dict)
@@ -180,36 +195,46 @@ class SweepConfig:
 
 @dataclass
 class TrainerConfig:
-    """Lightning `Trainer` settings for the run: ``devices: 2`` shards the grid over two processes/GPUs."""
+    """Lightning Trainer settings for the run.
+
+    Attributes:
+        accelerator: auto, cpu or gpu.
+        devices: Processes / GPUs the grid is sharded over, an integer >= 1.
+        strategy: Lightning's strategy: auto, ddp, ...
+    """
 
     accelerator: str = "auto"
     devices: int = 1
     strategy: str = "auto"
 
     def __post_init__(self):
-        if self.devices < 1:
-            raise ConfigError(f"trainer.devices must be >= 1, got {self.devices}")
+        checks.integer("trainer.devices", self.devices, low=1)
 
 
 @dataclass
 class ReportConfig:
-    """Statistics and report: paired bootstrap with ``bootstrap`` resamples at ``confidence``.
+    """Statistics and the report.
 
-    seed_metrics: also compute and report the seed experiment's own waveform MSE, SNR and correlation
-    (unaligned, against the input; ``configs/seed_experiment.yaml``), with their paired verdicts.
-    correction: how the p-values of all the report's comparisons are adjusted together: ``holm`` (family-wise
-    error rate), ``bh`` (Benjamini-Hochberg, false discovery rate) or ``none`` (`gdr.stats`).
-    primary: the primary metric per task, fixed before the run: keys are a degradation name (``gaps``), a task
-    label (``lowpass(cutoff_hz=4000)``) or ``default``; e.g. ``{default: lsd, gaps: plcmos, noise: pesq_wb}``.
-    fad: compute FAD per method when the embedding weights are there (else one line says how to get them);
-    fad_weights: the folder holding the PANN Cnn14 16 kHz checkpoint ``Cnn14_16k_mAP%3D0.438.pth`` (default
-    ``$GDR_CACHE/fad``; `gdr.fad`).
+    Attributes:
+        bootstrap: Paired bootstrap resamples, an integer >= 100.
+        seed_metrics: Also report the seed experiment's own waveform MSE, SNR and correlation (unaligned,
+            against the input) with their paired verdicts.
+        confidence: Confidence level of the intervals, in (0.5, 1).
+        embed_audio: Embed the wavs in report.html (one self-contained file that grows with the audio); false
+            links them by relative path.
+        wandb_project: The wandb project (offline unless WANDB_MODE or wandb login say otherwise).
+        correction: How all the report's p-values are adjusted together: holm (family-wise error), bh
+            (Benjamini-Hochberg, false discovery rate) or none.
+        primary: The primary metric per task, fixed before the run: keys are a degradation name, a task label
+            or default, e.g. {default: lsd, gaps: plcmos}.
+        fad: Compute FAD per method when the PANN weights are there (else one warning line says how).
+        fad_weights: Folder holding the PANN Cnn14 16 kHz checkpoint (null = $GDR_CACHE/fad).
     """
 
     bootstrap: int = 2000
     seed_metrics: bool = False
     confidence: float = 0.95
-    embed_audio: bool = True
+    embed_audio: bool = False
     wandb_project: str = "gdr"
     correction: Literal["holm", "bh", "none"] = "holm"
     primary: dict = field(default_factory=lambda: {"default": "lsd"})
@@ -217,10 +242,8 @@ class ReportConfig:
     fad_weights: Optional[str] = None
 
     def __post_init__(self):
-        if self.bootstrap < 100:
-            raise ConfigError(f"report.bootstrap must be >= 100, got {self.bootstrap}")
-        if not 0.5 < self.confidence < 1:
-            raise ConfigError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+        checks.integer("report.bootstrap", self.bootstrap, low=100)
+        checks.number("report.confidence", self.confidence, low=0.5, high=1, low_open=True, high_open=True)
         from gdr.metrics import HIGHER_IS_BETTER
 
         for task, metric in (self.primary or {}).items():
@@ -229,15 +252,28 @@ class ReportConfig:
                                   f"{', '.join(HIGHER_IS_BETTER)}")
 
 
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (each option's description, type and default) with the epilog's lines kept."""
+
+
 def build_parser() -> ArgumentParser:
     from gdr.degradations import DEGRADATIONS
-    from gdr.guidance import GUIDANCE
+    from gdr.methods import GUIDANCE
 
-    epilog = (f"guidance methods (--guidance.name): {', '.join(GUIDANCE)}\n"
+    tags = {"per_step_strength": "strength per step", "decoder_gradients": "decoder gradients",
+            "needs_mask": "needs a maskable degradation"}
+    methods = "\n".join(f"  {name:18s}" + ", ".join([t for k, t in tags.items() if getattr(cls, k)]
+                                                   + ([] if cls.uses_prior else ["no diffusion prior"]))
+                         for name, cls in GUIDANCE.items())
+    epilog = (f"guidance methods (--guidance.name):\n{methods}\n"
               f"degradations (--degradation.name): {', '.join(DEGRADATIONS)}\n"
-              "method and degradation parameters: --guidance.params '{lam: 1}' --degradation.params '{cutoff_hz: 4000}'")
-    parser = ArgumentParser(prog="evaluate.py", exit_on_error=False, description=__doc__.splitlines()[0],
-                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+              "method and degradation parameters: --guidance.params '{lam: 1}' --degradation.params '{cutoff_hz: 4000}'\n"
+              "configs: configs/smoke.yaml (tiny offline model), configs/default.yaml (cvssp/audioldm2), "
+              "configs/sweep_*.yaml, configs/seed_experiment.yaml")
+    parser = ArgumentParser(prog="evaluate.py", exit_on_error=False,
+                            description="Zero-shot guided reconstruction with AudioLDM2: degrade clips, reconstruct "
+                                        "them with guidance methods and baselines, score, and report.",
+                            epilog=epilog, formatter_class=HelpFormatter)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (configs/*.yaml)")
     parser.add_argument("--model", type=ModelConfig, default=ModelConfig())
     parser.add_argument("--data", type=DataConfig, default=DataConfig())
@@ -256,17 +292,53 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def check_config_files(argv: list[str] | None) -> None:
+    """One line naming the file (and line) for a ``--config`` that is missing or not valid YAML."""
+    import sys
+
+    import yaml
+
+    argv = sys.argv[1:] if argv is None else argv
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{where}: {problem} (not valid YAML)") from None
+
+
+def plain_message(text: str) -> str:
+    """jsonargparse's type errors as a user reads them: ``guidance.scale must be a finite number, got nan``."""
+    import re
+
+    text = " ".join(text.split())
+    match = re.search(r'Parser key "([^"]+)": Expected a <class \'(float|int|bool)\'>\. Got value: (\S+)', text)
+    if match:
+        key, kind, value = match.groups()
+        what = {"float": "a finite number", "int": "an integer", "bool": "true or false"}[kind]
+        return f"{key} must be {what}, got {value}"
+    return text
+
+
 def parse(argv: list[str] | None = None):
     """Parse `argv`; returns ``(parser, namespace, objects)`` where `objects` has the dataclasses built.
 
     Bad values raise `ConfigError` with one line.
     """
     parser = build_parser()
+    check_config_files(argv)
     try:
         cfg = parser.parse_args(argv)
         objects = parser.instantiate(cfg)
     except argparse.ArgumentError as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
+        raise ConfigError(plain_message(str(exc))) from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

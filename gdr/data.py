@@ -24,12 +24,14 @@ import torch
 
 from gdr.audio import SAMPLE_RATE, MonoMode, load_audio, prepare_waveform
 from gdr.errors import AudioFileNotFoundError, ConfigError
-from gdr.speech_metrics import CLIP_KINDS
 
 MANIFEST = "manifest.csv"
 
 # Extensions soundfile (libsndfile >= 1.1) reads; other files in a data folder are ignored.
 AUDIO_EXTENSIONS = frozenset(f".{ext.lower()}" for ext in sf.available_formats()) | {".mp3", ".oga", ".opus"}
+
+
+CLIP_KINDS = ("speech", "music", "sound", "other")  # decides which metrics apply (`gdr.speech_metrics.applicable`)
 
 
 @dataclass

@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gdr import checks
 from gdr.audio import SAMPLE_RATE
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
@@ -85,30 +84,32 @@ class EpochSampler(Sampler):
 
 
 class RestorationDataModule(L.LightningDataModule):
-    """Clean audio -> (clean, degraded) crop pairs.
+    """Training data: clean audio cut into (clean, degraded) crop pairs.
 
     Args:
-        root: folder of audio (any rate/channels; see data/README.md), or None for the synthetic set.
-        degradation: ``{name: ..., <params>}`` from the degradation registry.
-        crop_seconds: crop length (rounded to whole 10 ms frames).
-        items_per_epoch: training items per epoch (set it to checkpoint interval x batch size x devices for
-            exact resume at every checkpoint).
-        val_fraction: share of files held out (at least one file).
-        synthetic_count: number of synthetic clips when ``root`` is None.
+        root: Folder of audio files (any rate and channels; data/README.md); null = the synthetic set.
+        degradation: The task, {name: ..., <params>} from the degradation registry, e.g. {name: lowpass,
+            cutoff_hz: 4000}.
+        crop_seconds: Crop length in seconds, >= 0.1 (rounded to whole 10 ms frames).
+        batch_size: Crops per batch and process, an integer >= 1.
+        items_per_epoch: Training items per epoch, an integer >= 1 (set it to checkpoint interval x batch size x
+            devices for exact resume at every checkpoint).
+        val_fraction: Share of files held out for validation, in (0, 1) (at least one file).
+        seed: Seed of the split, the crops and the degradation noise, an integer.
+        num_workers: DataLoader worker processes, an integer >= 0.
+        mono: How several channels become one: first (channel 0) or mean.
+        synthetic_count: Synthetic clips when root is null, an integer >= 2.
     """
 
     def __init__(self, root: str | None = None, degradation: dict | None = None, crop_seconds: float = 2.56,
                  batch_size: int = 2, items_per_epoch: int = 8, val_fraction: float = 0.25, seed: int = 0,
                  num_workers: int = 0, mono: str = "first", synthetic_count: int = 8):
         super().__init__()
-        if not (math.isfinite(crop_seconds) and crop_seconds >= 0.1):
-            raise ConfigError(f"data.crop_seconds must be >= 0.1, got {crop_seconds}")
+        checks.number("data.crop_seconds", crop_seconds, low=0.1)
         for name, value, low in (("batch_size", batch_size, 1), ("items_per_epoch", items_per_epoch, 1),
                                  ("synthetic_count", synthetic_count, 2), ("num_workers", num_workers, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"data.{name} must be an integer >= {low}, got {value!r}")
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            checks.integer(f"data.{name}", value, low=low)
+        checks.number("data.val_fraction", val_fraction, low=0, high=1, low_open=True, high_open=True)
         self.degradation = build_degradation(degradation or {"name": "identity"})
         self.crop = int(round(crop_seconds * 100)) * (SAMPLE_RATE // 100)
         self.batch_size, self.items_per_epoch, self.seed, self.num_workers = batch_size, items_per_epoch, seed, num_workers

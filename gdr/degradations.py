@@ -20,19 +20,12 @@ import math
 import torch
 from torch import nn
 
+from gdr import checks
 from gdr.audio import F_MAX, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 from gdr.errors import ConfigError
 from gdr.registry import Registry
 
 DEGRADATIONS = Registry("degradation")
-
-
-def _finite(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open=False, high_open=False):
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
 
 
 class Degradation(nn.Module):
@@ -97,7 +90,7 @@ class AdditiveNoise(Degradation):
 
     def __init__(self, snr_db: float = 10.0, color: str = "white"):
         super().__init__()
-        _finite("noise.snr_db", snr_db, -30.0, 80.0)
+        checks.number("noise.snr_db", snr_db, low=-30.0, high=80.0)
         if color not in ("white", "pink"):
             raise ConfigError(f"noise.color must be 'white' or 'pink', got {color!r}")
         self.snr_db, self.color = float(snr_db), color
@@ -126,7 +119,7 @@ class HardClip(Degradation):
 
     def __init__(self, level: float = 0.1):
         super().__init__()
-        _finite("clip.level", level, 0.0, 0.5, low_open=True, high_open=True)
+        checks.number("clip.level", level, low=0.0, high=0.5, low_open=True, high_open=True)
         self.level = float(level)
 
     def forward(self, x):
@@ -154,7 +147,7 @@ class LowPass(Degradation):
 
     def __init__(self, cutoff_hz: float = 4000.0):
         super().__init__()
-        _finite("lowpass.cutoff_hz", cutoff_hz, 0.0, F_MAX, low_open=True, high_open=True)
+        checks.number("lowpass.cutoff_hz", cutoff_hz, low=0.0, high=F_MAX, low_open=True, high_open=True)
         self.cutoff_hz = float(cutoff_hz)
 
     def forward(self, x):
@@ -180,14 +173,17 @@ class LowPass(Degradation):
 class Gaps(Degradation):
     """``y = m * x``: ``count`` zeroed spans of ``length_ms`` at positions drawn from ``seed``.
 
-    Positions depend only on (seed, clip length), so ``forward`` is a fixed linear operator.
+    Positions depend only on (seed, clip length), so ``forward`` is a fixed linear operator. ``spans``
+    (``[[start_s, end_s], ...]`` in seconds) gives the positions instead (``gdr restore`` passes what it
+    detected): each covers every 16 kHz sample it touches (start floored, end ceiled).
     """
 
     name = "gaps"
 
-    def __init__(self, length_ms: float = 100.0, count: int = 3, seed: int = 0):
+    def __init__(self, length_ms: float = 100.0, count: int = 3, seed: int = 0, spans: list | None = None):
         super().__init__()
-        _finite("gaps.length_ms", length_ms, 0.0, 60_000.0, low_open=True)
+        self.spans = None if spans is None else _check_spans(spans)
+        checks.number("gaps.length_ms", length_ms, low=0.0, high=60_000.0, low_open=True)
         if not isinstance(count, int) or count < 1:
             raise ConfigError(f"gaps.count must be an integer >= 1, got {count!r}")
         self.length_ms, self.count, self.seed = float(length_ms), count, int(seed)
@@ -199,6 +195,8 @@ class Gaps(Degradation):
             if self.fixed_mask.numel() != num_samples:
                 raise ValueError(f"gap mask has {self.fixed_mask.numel()} samples, signal has {num_samples}")
             return self.fixed_mask
+        if self.spans is not None:
+            return _spans_mask(self.spans, num_samples)
         gap = int(round(self.length_ms * SAMPLE_RATE / 1000))
         segment = num_samples // self.count
         if gap * self.count >= num_samples or gap >= segment:
@@ -218,7 +216,7 @@ class Gaps(Degradation):
         return self.sample_mask(num_samples)
 
     def localize(self, support):
-        local = Gaps(self.length_ms, self.count, self.seed)
+        local = Gaps(self.length_ms, self.count, self.seed, self.spans)
         local.fixed_mask = support.detach().float().cpu()
         return local
 
@@ -231,7 +229,36 @@ class Gaps(Degradation):
         return reliable.view(1, 1, frames, 1).expand(1, 1, frames, N_MELS).clone()
 
     def describe(self):
+        if self.spans is not None:
+            return f"gaps({len(self.spans)} spans, {1000 * sum(e - s for s, e in self.spans):.0f} ms)"
         return f"gaps({self.count} x {self.length_ms:g} ms)"
+
+
+def _check_spans(spans) -> list[tuple[float, float]]:
+    """``[[start_s, end_s], ...]`` with ``0 <= start < end``, as float pairs; one-line `ConfigError` otherwise."""
+    out = []
+    for span in spans:
+        if not isinstance(span, (list, tuple)) or len(span) != 2:
+            raise ConfigError(f"gaps.spans must be [start_s, end_s] pairs, got {span!r}")
+        start, end = (checks.number("gaps.spans (seconds)", v, low=0.0) for v in span)
+        if end <= start:
+            raise ConfigError(f"gaps.spans: a span must end after it starts, got [{start:g}, {end:g}]")
+        out.append((start, end))
+    return out
+
+
+def _spans_mask(spans: list[tuple[float, float]], num_samples: int) -> torch.Tensor:
+    """``(num_samples,)`` 1 outside `spans`, 0 on every 16 kHz sample a span touches."""
+    mask = torch.ones(num_samples)
+    for start, end in spans:
+        if end * SAMPLE_RATE > num_samples + 1e-6:
+            raise ConfigError(f"gaps: the span {start:g}-{end:g} s ends past the end of the clip "
+                              f"({num_samples / SAMPLE_RATE:.3f} s)")
+        # The 1e-6 keeps a span given in whole samples (k / 16000 s) on exactly those samples.
+        mask[int(math.floor(start * SAMPLE_RATE + 1e-6)):int(math.ceil(end * SAMPLE_RATE - 1e-6))] = 0
+    if not bool(mask.any()):
+        raise ConfigError("gaps: the spans cover the whole clip: nothing is left to guide the reconstruction")
+    return mask
 
 
 @DEGRADATIONS.register("compose")

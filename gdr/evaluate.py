@@ -2,16 +2,10 @@
 
 Flow: config -> plan (clips, grid, items; everything validated before any work) -> model ->
 `Trainer.predict` over the pending items (one shard per rank) -> rank 0 collects every item's record,
-writes ``metrics.csv``, the statistics and the report, and logs to wandb.
+writes ``metrics.csv``, the statistics and the report, and logs to wandb (`gdr.wandb_log`).
 
-Layout under ``output_dir`` (every file written atomically):
-
-    config.yaml                          resolved config
-    items/<key>.json                     one record per finished item (what makes runs resumable)
-    audio/<clip>/input.wav               the clean reference x
-    audio/<clip>/<task>/<method>.wav     degraded input, baselines, oracle, methods (``_seed<k>``)
-    metrics.csv                          one row per clip x task x method x seed, scored against x
-    report.md, report.html, plots/       see `gdr.report`
+The output folder's layout (``config.yaml``, ``items/``, ``audio/``, ``metrics.csv``, the report) is
+`gdr.run_folder`'s; everything here writes through it.
 
 A restarted run (same command) skips items whose record exists; records hold the item's metrics and
 timing, so the rebuilt metrics.csv equals that of an uninterrupted run.
@@ -20,13 +14,10 @@ timing, so the rebuilt metrics.csv equals that of an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
-import re
 import resource
 import sys
 import time
@@ -42,18 +33,23 @@ from gdr.audio import SAMPLE_RATE, write_wav
 from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
 from gdr.builders import is_random_weights
-from gdr.conditioning import ConditionCache, Conditioning, ConditionSpec, check_audio_branch
-from gdr.cli import quiet_lightning
 from gdr.chunking import chunk_layout, process_in_chunks
+from gdr.cli import quiet_lightning
+from gdr.condition_cache import ConditionCache
+from gdr.conditioning import Conditioning, ConditionSpec
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
 from gdr.errors import ConfigError
-from gdr.guidance import build_guidance
+from gdr.interrupt import StopSignals
+from gdr.methods import GUIDANCE, build_guidance
 from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align
 from gdr.module import GuidedReconstructor, seed_for
+from gdr.run_folder import RunFolder
+from gdr.schedulers import check_sampling, make_scheduler
 from gdr.schedules import schedule_for
 from gdr.speech_metrics import applicable, speech_scores
 from gdr.sweep import Item, condition_label, expand_grid, recipe_label, task_label
+from gdr.text_stack import check_audio_branch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_BASELINES = ("degraded", "vocoder_roundtrip", "vae_roundtrip")
@@ -116,10 +112,6 @@ def check_writable(out_dir: Path) -> None:
         raise ConfigError(f"output_dir {out_dir} is not writable ({probe}: {exc.strerror or exc})") from None
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text).strip("_")
-
-
 # ------------------------------------------------------------------------------------------ plan
 @dataclass
 class Plan:
@@ -154,14 +146,12 @@ def plan_evaluation(objects) -> Plan:
                "dtype": objects.model.dtype, "variant": objects.model.variant,
                "seed_metrics": objects.report.seed_metrics, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
-    from diffusers import DDIMScheduler, DDPMScheduler
-
     for recipe in recipes:
-        if not isinstance(recipe["sampler"]["steps"], int) or not 1 <= recipe["sampler"]["steps"] <= 1000:
-            raise ConfigError(f"sampler.steps must be an integer in [1, 1000], got {recipe['sampler']['steps']!r}")
+        s = recipe["sampler"]  # sweep values skip the dataclass checks
+        check_sampling(s["steps"], s["eta"], s["scheduler"], s["domain"])
         degradation, guidance, _ = _recipe_objects(recipe)
-        ConditionSpec.from_dict(recipe["condition"])  # sweep values skip the dataclass checks
-        scheduler = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[recipe["sampler"]["scheduler"]]()
+        ConditionSpec.from_dict(recipe["condition"])
+        scheduler = make_scheduler(s["scheduler"])
         try:
             guidance.validate(degradation, scheduler)
         except ConfigError as exc:
@@ -187,6 +177,9 @@ def plan_evaluation(objects) -> Plan:
         for recipe in tasks.values():
             _recipe_objects(recipe)[0].sample_support(clip.waveform.numel())
 
+    def seeds_of(method: str):  # a method without the prior draws nothing: one seed says all
+        return range(objects.sampler.seeds) if GUIDANCE[method].uses_prior else [0]
+
     items: list[Item] = []
     for name in clips:
         for task_recipe in tasks.values():
@@ -195,20 +188,27 @@ def plan_evaluation(objects) -> Plan:
             baselines = [b for b in BASELINES if b not in MODEL_BASELINES and BASELINES[b].applies_to(degradation_name)]
             for baseline in (*MODEL_BASELINES, ORACLE, *baselines):
                 items.append(Item("baseline", name, hashes[name], task, baseline, task_recipe))
-            if not any(r["guidance"]["name"] == "decoder_inversion" for r in kept
-                       if r["degradation"] == task_recipe["degradation"]):
-                inversion = copy.deepcopy(task_recipe)
-                inversion["guidance"] = {"name": "decoder_inversion", "scale": 1.0, "schedule": "constant",
+            for method in reference_methods(kept, task_recipe):
+                reference = copy.deepcopy(task_recipe)
+                reference["guidance"] = {"name": method, "scale": 1.0, "schedule": "constant",
                                          "start_scale": None, "params": {}, "schedule_path": None}
-                inversion["condition"] = dataclasses.asdict(ConditionSpec())  # it never calls the UNet
-                items.append(Item("method", name, hashes[name], task, recipe_label(inversion), inversion, seed=0))
+                if not GUIDANCE[method].uses_prior:
+                    reference["condition"] = dataclasses.asdict(ConditionSpec())  # it never calls the UNet
+                for seed in seeds_of(method):
+                    items.append(Item("method", name, hashes[name], task, recipe_label(reference), reference,
+                                      seed=seed))
         for recipe in kept:
             task = task_label(recipe["degradation"])
-            seeds = [0] if recipe["guidance"]["name"] == "decoder_inversion" else range(objects.sampler.seeds)
-            for seed in seeds:
+            for seed in seeds_of(recipe["guidance"]["name"]):
                 items.append(Item("method", name, hashes[name], task, recipe_label(recipe), recipe, seed=seed))
     # Known for sure once the model folder is resolved (`run` sets it from the folder's marker).
     return Plan(clips, hashes, kept, items, skipped, random_weights=str(objects.model.pretrained) == "gdr-tiny")
+
+
+def reference_methods(recipes: list[dict], task_recipe: dict) -> list[str]:
+    """The reference methods (`Guidance.reference`) that no recipe of `task_recipe`'s task already runs."""
+    ran = {r["guidance"]["name"] for r in recipes if r["degradation"] == task_recipe["degradation"]}
+    return [name for name, cls in GUIDANCE.items() if cls.reference and name not in ran]
 
 
 def file_hash(path: Path) -> str | None:
@@ -227,21 +227,16 @@ def hash_bytes(x: torch.Tensor) -> str:
 class EvaluationRunner(L.LightningModule):
     """Executes items in `Trainer.predict`: each ``predict_step`` runs one item, writes its wav and record."""
 
-    def __init__(self, model: AudioLDM2, plan: Plan, out_dir: Path, chunk_cfg, seed_metrics: bool = False):
+    def __init__(self, model: AudioLDM2, plan: Plan, folder: RunFolder, chunk_cfg, seed_metrics: bool = False):
         super().__init__()
-        self.model, self.plan, self.out_dir = model, plan, out_dir
+        self.model, self.plan, self.folder = model, plan, folder
         self.seed_metrics = seed_metrics
         self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
         self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
         self.chunk_batch = chunk_cfg.batch_size
         self.conditionings: dict[str, Conditioning] = {}  # condition_key -> conditioning (`prepare_conditionings`)
-
-    def record_path(self, item: Item) -> Path:
-        return self.out_dir / "items" / f"{item.key}.json"
-
-    def wav_path(self, item: Item) -> Path:
-        name = item.method if item.seed is None else f"{item.method}_seed{item.seed}"
-        return self.out_dir / "audio" / slug(item.clip) / slug(item.task) / f"{slug(name)}.wav"
+        self.stop = StopSignals()  # `run` installs it; items start only while no stop was asked for
+        self.log_lines: ProgressLines | None = None  # plain progress lines when stderr is not a terminal
 
     def measurement(self, item: Item, degradation: Degradation) -> torch.Tensor:
         clip = self.plan.clips[item.clip]
@@ -281,8 +276,10 @@ class EvaluationRunner(L.LightningModule):
     def predict_step(self, batch: list[int], batch_idx: int = 0) -> None:
         for index in batch:
             item = self.plan.items[index]
-            if self.record_path(item).exists():  # another rank (padding) or an earlier run did it
+            if self.folder.record(item.key).exists():  # another rank (padding) or an earlier run did it
                 continue
+            self.stop.check(f"{sum(self.folder.record(i.key).exists() for i in self.plan.items)} of "
+                            f"{len(self.plan.items)} items done")
             device = self.model.device
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -290,6 +287,8 @@ class EvaluationRunner(L.LightningModule):
             out, phase = self.run_item(item)
             wall = time.perf_counter() - start
             self.finish(item, out, phase, wall, peak_memory_mb(device))
+            if self.log_lines is not None:
+                self.log_lines.finished(f"{item.clip} | {item.task} | {item.output}", wall)
 
     def finish(self, item: Item, out: torch.Tensor, phase: bool, wall: float, peak: float) -> None:
         clip = self.plan.clips[item.clip]
@@ -301,6 +300,7 @@ class EvaluationRunner(L.LightningModule):
                "steps": item.recipe["sampler"]["steps"] if item.kind == "method" else "",
                # Which condition the prior sampled with; "none" where no UNet ran (baselines, decoder inversion).
                "condition": condition_label(item.recipe) if uses_prior(item) else "none",
+               "uses_prior": uses_prior(item),
                "seed": "" if item.seed is None else item.seed, "phase_coherent": phase}
         for name, fn in PER_ITEM.items():
             if name in PHASE_METRICS and not phase:
@@ -316,15 +316,14 @@ class EvaluationRunner(L.LightningModule):
             for name, fn in SEED_METRICS.items():
                 row[name] = round(float(fn(raw, reference[None])[0]), 6)
         row.update(wall_s=round(wall, 3), peak_mem_mb=round(peak, 1), key=item.key)
-        wav = self.wav_path(item)
+        wav = self.folder.output_wav(item.clip, item.task, item.output)
         write_wav(wav, out)
-        record = {"row": row, "wav": str(wav.relative_to(self.out_dir))}
-        write_text(self.record_path(item), json.dumps(record))
+        self.folder.write_record(item.key, row, wav)
 
 
 def uses_prior(item: Item) -> bool:
     """Whether the item runs the diffusion prior (and so has a condition)."""
-    return item.kind == "method" and item.recipe["guidance"]["name"] != "decoder_inversion"
+    return item.kind == "method" and GUIDANCE[item.recipe["guidance"]["name"]].uses_prior
 
 
 def condition_key(item: Item) -> str:
@@ -378,39 +377,51 @@ class _Indices(torch.utils.data.Dataset):
         return self.indices[i]
 
 
-def collect_rows(out_dir: Path, items: list[Item]) -> list[dict]:
-    """Rows of every item in plan order, from the records on disk."""
-    rows = []
-    for item in items:
-        path = out_dir / "items" / f"{item.key}.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-            rows.append({**record["row"], "wav": record["wav"]})
-    return rows
+def run_folder(out_dir: Path, plan: Plan) -> RunFolder:
+    """The run folder of `plan`: folder names assigned over all of its clips, tasks and outputs at once."""
+    return RunFolder(out_dir, plan.clips, {item.task for item in plan.items}, {item.output for item in plan.items})
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+class ProgressLines:
+    """One plain line per finished item on stderr: what, how long, how many left, estimated time left."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def finished(self, what: str, seconds: float) -> None:
+        self.done += 1
+        left = max(self.total - self.done, 0)
+        eta = (time.perf_counter() - self.started) / self.done * left
+        rank = os.environ.get("LOCAL_RANK")
+        print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}[{self.done}/{self.total}] {what}: "
+              f"{seconds:.1f} s; {left} left, about {format_seconds(eta)} to go", file=sys.stderr, flush=True)
 
 
-def remove_stale_temporaries(out_dir: Path, older_than: float) -> None:
-    """Delete temporary files (``.<name>.<random>.tmp``) left by a killed run.
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
-    Final names only ever hold complete files (`gdr.atomic`); a kill -9 can leave a temporary behind,
-    which the next run removes. Only files older than this run's start are touched, so shards of the
-    current run that already write are safe.
-    """
-    if out_dir.exists():
-        for path in out_dir.rglob(".*.tmp"):
-            if path.is_file() and path.stat().st_mtime < older_than:
-                path.unlink(missing_ok=True)
+
+def predict(runner: EvaluationRunner, pending: list[int], accelerator: str, trainer_cfg, progress: bool) -> bool:
+    """Run the `pending` items (plan indices) with `Trainer.predict`, one shard per rank; returns whether this
+    process is rank 0 (which then writes the tables and the report, once every shard's records are on disk)."""
+    quiet_lightning()  # also when called from Python rather than the script
+    # A bar on a terminal; in a log (CI, | tee, SLURM) a bar is one line rewritten in place, so one line per item.
+    terminal = sys.stderr.isatty()
+    share = math.ceil(len(pending) / trainer_cfg.devices)
+    runner.log_lines = ProgressLines(share) if progress and not terminal else None
+    trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=progress and terminal,
+                        enable_model_summary=False, inference_mode=False)
+    loader = DataLoader(_Indices(pending), batch_size=1, collate_fn=list)
+    trainer.predict(runner, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    return trainer.is_global_zero
 
 
 def run(cfg, objects, parser) -> Path | None:
@@ -431,31 +442,28 @@ def run(cfg, objects, parser) -> Path | None:
     # The chunk length and overlap on this model's grid (a ConfigError here is still before any work).
     chunk_layout(1, round(objects.chunk.seconds * SAMPLE_RATE), round(objects.chunk.overlap_seconds * SAMPLE_RATE),
                  model.samples_multiple)
-    runner = EvaluationRunner(model, plan, out_dir, objects.chunk, seed_metrics=objects.report.seed_metrics)
+    folder = run_folder(out_dir, plan)
+    runner = EvaluationRunner(model, plan, folder, objects.chunk, seed_metrics=objects.report.seed_metrics)
     if int(os.environ.get("RANK", "0")) == 0:
-        remove_stale_temporaries(out_dir, older_than=started)
-    pending = [i for i, item in enumerate(plan.items) if not runner.record_path(item).exists()]
-    prepare_conditionings(runner, [plan.items[i] for i in pending], objects.model.cache_dir, objects.progress)
-    start = time.perf_counter()
-    if pending:
-        quiet_lightning()  # also when called from Python rather than the script
-        trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=objects.progress,
-                            enable_model_summary=False, inference_mode=False)
-        loader = DataLoader(_Indices(pending), batch_size=1, collate_fn=list)
-        trainer.predict(runner, dataloaders=loader, return_predictions=False)
-        trainer.strategy.barrier()  # every shard's records are on disk before rank 0 reads them
-        if not trainer.is_global_zero:
+        folder.remove_stale_temporaries(older_than=started)
+    pending = [i for i, item in enumerate(plan.items) if not folder.record(item.key).exists()]
+    with runner.stop:  # SIGTERM / Ctrl-C: finish the item at hand, then stop (`gdr.interrupt`)
+        prepare_conditionings(runner, [plan.items[i] for i in pending], objects.model.cache_dir, objects.progress)
+        start = time.perf_counter()
+        if pending and not predict(runner, pending, accelerator, trainer_cfg, objects.progress):
             return None
     for name, clip in plan.clips.items():
-        path = out_dir / "audio" / slug(name) / "input.wav"
-        if not path.exists():
-            write_wav(path, clip.waveform)
-    rows = collect_rows(out_dir, plan.items)
-    write_csv(out_dir / "metrics.csv", rows)
-    write_text(out_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+        if not folder.input_wav(name).exists():
+            write_wav(folder.input_wav(name), clip.waveform)
+    rows = folder.rows(item.key for item in plan.items)
+    folder.write_metrics(rows)
+    write_text(folder.config, parser.dump(cfg, skip_none=False))
     from gdr.report import build_report
 
-    build_report(out_dir, rows, plan, objects, cfg_yaml=parser.dump(cfg, skip_none=False),
-                 wall_s=time.perf_counter() - start)
+    cfg_yaml = parser.dump(cfg, skip_none=False)
+    report = build_report(folder, rows, plan, objects, cfg_yaml=cfg_yaml, wall_s=time.perf_counter() - start)
+    if objects.logger:  # beside the report, not inside it: the report never needs wandb
+        from gdr.wandb_log import log_run
+
+        log_run(folder, rows, report.figures, cfg_yaml, objects.report.wandb_project)
     return out_dir

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gdr.run_folder import RunFolder
+
 WEIGHTS_FILE = "Cnn14_16k_mAP%3D0.438.pth"  # the name frechet_audio_distance looks for in its ckpt_dir
 WEIGHTS_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth"
 EMBEDDING = "PANN Cnn14 16 kHz (2048-d clip embedding)"
@@ -43,14 +45,13 @@ def weights_folder(configured: str | None = None) -> Path:
 
 def unavailable(folder: Path) -> str | None:
     """None when FAD can be computed, else one line saying what is missing and how to get it."""
-    how = (f"download {WEIGHTS_URL} (~330 MB) into {folder}/ (or point --report.fad_weights at its folder); "
-           "--report.fad false silences this line")
+    how = f"get {WEIGHTS_URL} (~330 MB) into {folder}/ (--report.fad false silences this)"
     try:
         import frechet_audio_distance  # noqa: F401
     except ImportError:
-        return f"FAD not computed: install the optional extra (pip install -e '.[fad]') and {how}"
+        return f"FAD not computed: the optional extra is not installed (pip install -e '.[fad]'); {how}"
     if not (folder / WEIGHTS_FILE).is_file():
-        return f"FAD not computed: no PANN Cnn14 16 kHz weights at {folder / WEIGHTS_FILE}; {how}"
+        return f"FAD not computed: no PANN Cnn14 16 kHz weights; {how}"
     return None
 
 
@@ -101,19 +102,17 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     return float(diff @ diff + (a * a).sum() + (b * b).sum() - 2 * cross)
 
 
-def fad_per_method(out_dir: Path, rows: list[dict], clips: list[str], embed) -> list[dict]:
+def fad_per_method(folder: RunFolder, rows: list[dict], clips: list[str], embed) -> list[dict]:
     """``[{"task", "method", "fad", "n_eval", "n_ref"}]`` for every (task, method) with at least two outputs.
 
-    `embed`: ``(N,)`` waveform -> ``(d,)`` (an `Embedder`); reference set: ``audio/<clip>/input.wav`` of `clips`;
+    `embed`: ``(N,)`` waveform -> ``(d,)`` (an `Embedder`); reference set: the clean inputs of `clips`;
     evaluation set: the wavs of the rows of that task and method (all seeds)."""
     import soundfile as sf
 
-    from gdr.evaluate import slug
+    def load(path: Path) -> np.ndarray:
+        return sf.read(str(path), dtype="float32")[0]
 
-    def load(rel: str) -> np.ndarray:
-        return sf.read(str(out_dir / rel), dtype="float32")[0]
-
-    reference = np.stack([embed(load(f"audio/{slug(c)}/input.wav")) for c in clips])
+    reference = np.stack([embed(load(folder.input_wav(c))) for c in clips])
     groups: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["method"]), []).append(r["wav"])
@@ -121,7 +120,7 @@ def fad_per_method(out_dir: Path, rows: list[dict], clips: list[str], embed) -> 
     for (task, method), wavs in groups.items():
         if len(wavs) < 2 or len(reference) < 2:
             continue
-        evaluated = np.stack([embed(load(w)) for w in wavs])
+        evaluated = np.stack([embed(load(folder.root / w)) for w in wavs])
         out.append({"task": task, "method": method, "fad": frechet_distance(reference, evaluated),
                     "n_eval": len(wavs), "n_ref": len(reference)})
     return out

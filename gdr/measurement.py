@@ -8,7 +8,7 @@
 * `LatentMeasurement`: ``y = mask * z + noise`` directly in latent space. Linear, with a
   closed-form proximal step: the Gaussian oracle tests use it, and it is a cheap surrogate.
 
-The latent posterior samplers (`gdr.latent_posterior`: PSLD's gluing term, ReSample's pixel stage) also
+The latent posterior samplers (`gdr.methods.latent_posterior`: PSLD's gluing term, ReSample's pixel stage) also
 need the "pixel" side of the decoder: ``decode`` (``u = D(z)``, the mel for AudioLDM2), ``residual_from``
 (the residual of a pixel estimate), ``glue`` (``u`` made consistent with ``y``: PSLD's
 ``A^T y + (I - A^T A) u``) and ``encode`` (``E``). ``residual(z) = residual_from(decode(z))``.

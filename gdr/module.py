@@ -16,17 +16,14 @@ import lightning as L
 import torch
 
 from gdr.backbone import AudioLDM2
-from gdr.baselines import pad_to_multiple
 from gdr.chunking import process_in_chunks
 from gdr.conditioning import Conditioning
 from gdr.degradations import Degradation
-from gdr.errors import ConfigError
-from gdr.guidance import Guidance
 from gdr.measurement import DecoderMeasurement
+from gdr.methods.base import Guidance
 from gdr.sampler import sample
+from gdr.schedulers import check_sampling, make_scheduler
 from gdr.schedules import Schedule
-
-SCHEDULERS = ("ddim", "ddpm")
 
 
 def seed_for(*parts) -> int:
@@ -53,12 +50,11 @@ def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: 
         ``(B, n)`` float32 reconstructions.
     """
     n = y.shape[-1]
-    multiple = model.samples_multiple
-    y_pad = pad_to_multiple(y, multiple)
+    y_pad = model.pad_to_grid(y)
     if support is None:
         groups = [(slice(0, y.shape[0]), degradation)]
     else:  # operators with a position-dependent part (gaps) differ per chunk
-        groups = [(slice(b, b + 1), degradation.localize(pad_to_multiple(support[b], multiple)))
+        groups = [(slice(b, b + 1), degradation.localize(model.pad_to_grid(support[b])))
                   for b in range(y.shape[0])]
     outs = []
     for items, op in groups:
@@ -89,27 +85,14 @@ class GuidedReconstructor(L.LightningModule):
                  return_denoised: bool = True, chunk_samples: int = 163_840, overlap_samples: int = 20_480,
                  chunk_batch: int = 1, progress: bool = False, conditioning: Conditioning | None = None):
         super().__init__()
-        if not isinstance(steps, int) or not 1 <= steps <= 1000:
-            raise ConfigError(f"sampler.steps must be an integer in [1, 1000], got {steps!r}")
-        if not 0 <= eta <= 1:
-            raise ConfigError(f"sampler.eta must be in [0, 1], got {eta!r}")
-        if scheduler not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
-        if domain not in ("mel", "waveform"):
-            raise ConfigError(f"sampler.domain must be 'mel' or 'waveform', got {domain!r}")
+        check_sampling(steps, eta, scheduler, domain)
         self.model, self.degradation, self.guidance, self.schedule = model, degradation, guidance, schedule
         self.steps, self.eta, self.domain, self.return_denoised = steps, eta, domain, return_denoised
-        self.scheduler = self._make_scheduler(scheduler)
+        self.scheduler = make_scheduler(scheduler, self.model.scheduler.config)
         guidance.validate(degradation, self.scheduler)
         self.chunk_samples, self.overlap_samples, self.chunk_batch = chunk_samples, overlap_samples, chunk_batch
         self.progress = progress
         self.conditioning = conditioning
-
-    def _make_scheduler(self, name: str):
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        kind = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[name]
-        return kind.from_config(self.model.scheduler.config)
 
     def reconstruct(self, y: torch.Tensor, generator: torch.Generator | None = None,
                     support: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,8 +102,10 @@ class GuidedReconstructor(L.LightningModule):
                                      return_denoised=self.return_denoised, generator=generator,
                                      progress=self.progress, conditioning=self.conditioning)
 
-    def reconstruct_clip(self, y: torch.Tensor, seed: int) -> torch.Tensor:
-        """A whole measured clip ``(N,)`` through overlapping chunks; deterministic in `seed`. Returns ``(N,)``."""
+    def reconstruct_clip(self, y: torch.Tensor, seed: int, progress: bool = False, desc: str = "chunks") -> torch.Tensor:
+        """A whole measured clip ``(N,)`` through overlapping chunks; deterministic in `seed`. Returns ``(N,)``.
+
+        `progress`: a bar over the chunks (named `desc`) with the time left."""
         generator = torch.Generator(device=self.model.device).manual_seed(seed)
         support = self.degradation.sample_support(y.shape[-1])
         stacked = y[None] if support is None else torch.stack([y, support.to(y.dtype)])
@@ -132,7 +117,8 @@ class GuidedReconstructor(L.LightningModule):
             return out[:, None].expand(-1, chunks.shape[1], -1).cpu()
 
         return process_in_chunks(stacked, fn, chunk=self.chunk_samples, overlap=self.overlap_samples,
-                                 grid=self.model.samples_multiple, batch_size=self.chunk_batch)[0]
+                                 grid=self.model.samples_multiple, batch_size=self.chunk_batch, progress=progress,
+                                 desc=desc)[0]
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict:
         """``batch``: ``{"name": [str], "y": (1, N), "seed": [int]}`` -> the same with ``"x_hat"`` ``(1, N)``."""

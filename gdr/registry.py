@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, TypeVar
 
 from gdr.errors import ConfigError
@@ -31,9 +32,16 @@ class Registry(dict):
         return self[name]
 
     def build(self, name: str, **kwargs: Any):
-        """Instantiate `name` with `kwargs`; unknown names and bad parameters raise one-line `ConfigError`s."""
+        """Instantiate `name` with `kwargs`.
+
+        An unknown name, or parameters the factory does not take, raise a one-line `ConfigError` before the
+        call; whatever the factory itself raises (its own range checks, or a bug) goes through as it is.
+        """
         factory = self.get_factory(name)
         try:
-            return factory(**kwargs)
+            inspect.signature(factory).bind(**kwargs)
         except TypeError as exc:
-            raise ConfigError(f"{self.kind} {name!r}: {exc}") from None
+            params = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+            raise ConfigError(f"{self.kind} {name!r}: {exc}; it takes: {', '.join(params) or 'no parameters'}") \
+                from None
+        return factory(**kwargs)

@@ -1,32 +1,41 @@
-"""The report: statistics, plots, ``report.md`` and a self-contained ``report.html``, and wandb logging.
+"""The report: its statistics, its data model (`Report`), and ``report.md`` / ``report.html`` rendered from it.
 
 Reads only the rows of ``metrics.csv`` (plus the wavs they point to): the report never recomputes
 a per-row metric (FAD, a set-level metric, is computed here from the wavs when its weights are there,
-`gdr.fad`). Plots are matplotlib PNGs: the forest plot of each task's primary metric (first in the report),
-metric-versus-strength curves, and the listening grid's small spectrograms (`gdr.listening`).
+`gdr.fad`).
 
 Statistics: every comparison (method x metric x task x reference) gets a paired t-test p-value, and the
 report's p-values are adjusted together with ``report.correction`` (Holm by default; `gdr.stats.correct`).
 The primary metric of each task is fixed in the config (``report.primary``) before the run; the verdicts
 section states it and the correction.
+
+Data, then presentation: `report_data` gathers everything a reader sees into one `Report` (text, tables,
+pictures, the listening grid of `gdr.listening`); the Jinja2 templates ``gdr/templates/report.md.j2`` and
+``report.html.j2`` (package data) lay it out. HTML is auto-escaped, so a clip or method name is always text;
+Markdown is not HTML-escaped. The figures are drawn by `gdr.plots`; every path comes from
+`gdr.run_folder.RunFolder`. Logging to wandb is `gdr.wandb_log`'s, called beside the report, not from it.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 import platform
 import sys
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from functools import lru_cache
 
 import numpy as np
 
+from gdr import listening, plots
 from gdr.atomic import atomic_path, write_text
+from gdr.errors import GdrWarning
+from gdr.listening import Listening
 from gdr.metrics import PHASE_METRICS, SEED_METRICS
+from gdr.plots import Png
+from gdr.run_folder import RunFolder
 from gdr.speech_metrics import SPEECH_METRICS
 from gdr.stats import CORRECTIONS, Comparison, best_baseline, compare, correct, metric_value
 
@@ -63,18 +72,23 @@ def present(rows: list[dict], names) -> list[str]:
     return [m for m in names if any(r.get(m, "") not in ("", None) for r in rows)]
 
 
-def comparisons(rows: list[dict], n_boot: int, confidence: float, correction: str = "none") -> list[Comparison]:
+def comparisons(rows: list[dict], n_boot: int, confidence: float, correction: str = "none",
+                unchanged_tasks: frozenset[str] = frozenset()) -> list[Comparison]:
     """Every method against the VAE round trip and against the best non-diffusion baseline, per task and metric
     (gdr's spectral metrics, the speech metrics where clips are speech, and the seed's own metrics where the rows
     carry them), with p-values adjusted together by `correction` (`gdr.stats.CORRECTIONS`): the whole list is
-    one family."""
+    one family. On `unchanged_tasks` (the identity task) the "degraded" output is the clean input itself, so it is
+    no baseline to compare with."""
     out = []
     metrics = [*SPECTRAL, *present(rows, SPEECH_METRICS), *(m for m in SEED_METRICS if rows and m in rows[0])]
     for task in _ordered(r["task"] for r in rows):
         methods = _methods(rows, task)
-        inversion = [m for m in methods if m.startswith("decoder_inversion")]
+        # Methods that never ran the prior (decoder inversion) are non-diffusion references too.
+        no_prior = _ordered(r["method"] for r in rows if r["task"] == task and r["kind"] == "method"
+                            and str(r.get("uses_prior", True)) == "False")
         for metric in metrics:
-            best = best_baseline(rows, task, metric, [*NON_DIFFUSION, *inversion])
+            candidates = [b for b in NON_DIFFUSION if not (task in unchanged_tasks and b == "degraded")]
+            best = best_baseline(rows, task, metric, [*candidates, *no_prior])
             for method in methods:
                 for reference in _ordered([REFERENCE, best]):
                     if reference is None or reference == method:
@@ -91,96 +105,25 @@ def primary_metrics(tasks: dict[str, str], primary: dict) -> dict[str, str]:
     return {task: primary.get(task, primary.get(name, primary.get("default", PRIMARY))) for task, name in tasks.items()}
 
 
-# ------------------------------------------------------------------------------------------ plots
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def strength_curves(rows: list[dict], metric: str = PRIMARY) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["kind"] == "method" and r["scale"] != "":
-            if (value := metric_value(r, metric)) is not None:
-                series[(r["task"], r["guidance"])][float(r["scale"])].append(value)
-    if not any(len(v) > 1 for v in series.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (task, guidance), points in sorted(series.items()):
-        scales = sorted(points)
-        ax.plot(scales, [np.mean(points[s]) for s in scales], marker="o", label=f"{guidance} / {task}")
-    ax.set_xlabel("guidance strength (scale)")
-    ax.set_ylabel(f"{metric} (lower is better)")
-    ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def forest_plot(comps: list[Comparison], primaries: dict[str, str]) -> bytes | None:
-    """One panel per task: each method's paired improvement over each reference on that task's primary metric
-    (`primaries`: task -> metric), with its bootstrap interval; green/red where the corrected verdict is
-    significant (method better / worse), grey where it is not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(task, metric, [c for c in comps if c.task == task and c.metric == metric])
-              for task, metric in primaries.items()]
-    panels = [p for p in panels if p[2]]
-    if not panels:
-        return None
-    heights = [0.3 * len(chosen) + 0.9 for _, _, chosen in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, (task, metric, chosen) in zip(axes[:, 0], panels):
-        for i, c in enumerate(chosen):
-            color = ("tab:green" if c.mean > 0 else "tab:red") if c.significant else "tab:gray"
-            ax.plot([c.low, c.high], [i, i], color="k")
-            ax.plot([c.mean], [i], "o", color=color)
-        ax.axvline(0, color="k", lw=0.8, ls="--")
-        ax.set_yticks(range(len(chosen)))
-        ax.set_yticklabels([f"{c.method} vs {c.reference}" for c in chosen], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(f"{task}: primary metric {metric}", fontsize=9)
-        ax.set_xlabel(f"improvement in {metric} (positive = method better), {1 - chosen[0].alpha:.0%} bootstrap CI; "
-                      "colour = corrected verdict", fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _slug(text: str) -> str:
-    from gdr.evaluate import slug
-
-    return slug(text)
-
-
 # ------------------------------------------------------------------------------------------ text
 def environment() -> dict:
+    """``{"versions": {package: version}, "machine": text}``: gdr, python, the model and metric packages (read from
+    their installed metadata, so nothing heavy is imported), and the machine with its GPU."""
+    from importlib import metadata
+
     import torch
+    import torchaudio
 
     import gdr
 
-    versions = {"gdr": gdr.__version__, "python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("diffusers", "transformers", "lightning", "torchaudio", "torchmetrics"):
+    # torch and torchaudio by __version__: it carries the build (+cpu, +cu130) that their metadata may not.
+    built = {"torch": torch.__version__, "torchaudio": torchaudio.__version__}
+    versions = {"gdr": gdr.__version__, "python": sys.version.split()[0], "torch": built["torch"]}
+    for name in ("diffusers", "transformers", "lightning", "torchaudio", "torchmetrics",  # the model's packages
+                 "pesq", "pystoi", "speechmos", "onnxruntime", "frechet-audio-distance"):  # the metrics' packages
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # a missing optional package is reported, not fatal
-            versions[name] = "not installed"
-    from importlib import metadata
-
-    for name in ("pesq", "pystoi", "speechmos", "onnxruntime", "frechet-audio-distance"):  # the metrics' packages
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
+            versions[name] = built.get(name) or metadata.version(name)
+        except metadata.PackageNotFoundError:  # a missing optional package is reported, not fatal
             versions[name] = "not installed"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     machine = f"{platform.platform()}, {os.cpu_count()} CPUs, GPU: {gpu}"
@@ -299,57 +242,108 @@ def statistics_note(comps: list[Comparison], primaries: dict[str, str], report_c
     return (f"Primary metric per task (report.primary, fixed in the config before the run): {named}. "
             f"Multiple comparisons: {CORRECTIONS[report_cfg.correction]}, over all {len(comps)} comparisons of this "
             f"report (every task, metric, method and reference) at alpha = {alpha:.3g}. p-values: two-sided paired "
-            "t-tests over clips (seeds averaged per clip); intervals: "
-            f"{report_cfg.confidence:.0%} paired bootstrap over clips, not adjusted. A method 'beats' a reference "
-            "only where its adjusted p-value is below alpha and its interval excludes zero.")
+            "t-tests over clips (seeds averaged per clip). Intervals beside verdicts and in the forest plot: paired "
+            "t-intervals at the level the correction implies (Holm: 1 - alpha p / p_Holm for each comparison; BH: "
+            "Benjamini-Yekutieli's 1 - R alpha / m with R discoveries; none: 1 - alpha), so an interval excludes "
+            "zero exactly where the verdict is significant. The table of all comparisons also gives each one's "
+            f"unadjusted {report_cfg.confidence:.0%} paired bootstrap interval over clips.")
 
 
-def fad_results(out_dir: Path, rows: list[dict], plan, report_cfg) -> tuple[list[dict], str]:
+def fad_results(folder: RunFolder, rows: list[dict], plan, report_cfg) -> tuple[list[dict], str]:
     """FAD per task and method (`gdr.fad`) and a one-line note. Without the optional package or the weights,
     or if computing fails, no results, the note says why, and the same line goes to stderr: the run goes on."""
     from gdr import fad
 
     if not report_cfg.fad:
         return [], "FAD not computed (report.fad is false)."
-    folder = fad.weights_folder(report_cfg.fad_weights)
-    reason = fad.unavailable(folder)
+    weights = fad.weights_folder(report_cfg.fad_weights)
+    reason = fad.unavailable(weights)
     if reason is None:
         try:
-            results = fad.fad_per_method(out_dir, rows, list(plan.clips), fad.Embedder(folder))
+            results = fad.fad_per_method(folder, rows, list(plan.clips), fad.Embedder(weights))
             return results, (f"FAD with {fad.EMBEDDING} embeddings (frechet_audio_distance), reference set: the "
                              f"{len(plan.clips)} clean inputs; lower is better. With fewer than a few hundred clips "
                              "it only ranks the methods of this run.")
         # An optional, set-level metric must not lose a finished run: any failure becomes the one-line note.
         except Exception as exc:  # noqa: BLE001
             reason = f"FAD not computed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-    print(reason, file=sys.stderr)
+    warnings.warn(reason, GdrWarning, stacklevel=2)  # the scripts print it as one "warning: ..." line
     return [], reason
 
 
-def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: str, wall_s: float) -> None:
-    """Write report.md, report.html and plots/; log to wandb unless ``objects.logger`` is false."""
-    from gdr import listening
 
+
+# ------------------------------------------------------------------------------------------ the data model
+@dataclass
+class Table:
+    """A table as text: `columns` and `rows` of already formatted cells."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple] = field(default_factory=list)
+
+
+@dataclass
+class TaskVerdicts:
+    """The verdicts of one task on its `primary` metric (`verdict_lines`)."""
+
+    task: str
+    primary: str
+    lines: list[str]
+
+
+@dataclass
+class Report:
+    """Everything the report shows, in the order of ``report.md``; the templates only lay it out.
+
+    Text fields are plain text (the model note is Markdown: ``**`` and backticks; HTML shows it without ``**``).
+    """
+
+    model_note: str = ""
+    random_weights: bool = False
+    facts: str = ""  # when, how many clips / recipes / rows, wall time, peak memory
+    forest: Png | None = None  # the primary metric's forest plot (`gdr.plots.forest_plot`), shown first
+    correction: str = "none"
+    statistics: str = ""  # how verdicts are reached (`statistics_note`)
+    verdicts: list[TaskVerdicts] = field(default_factory=list)
+    fad_note: str = ""
+    fads: list[dict] = field(default_factory=list)  # `gdr.fad.fad_per_method`'s rows
+    comparisons: list[Comparison] = field(default_factory=list)
+    means: Table = field(default_factory=lambda: Table(HEADER))  # `summary_table` under `header`
+    seeds: Table = field(default_factory=lambda: Table(SEED_HEADER))  # `seed_table` (no rows: no section)
+    seed_verdicts: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    listening: Listening = field(default_factory=Listening)
+    plots: list[Png] = field(default_factory=list)  # the other figures (strength curves)
+    environment: dict = field(default_factory=lambda: {"machine": "", "versions": {}})
+    config_yaml: str = ""
+    waveform_note: str = WAVEFORM_NOTE
+    speech_note: str = SPEECH_NOTE
+    seed_note: str = SEED_NOTE
+
+    @property
+    def figures(self) -> dict[str, bytes]:
+        """``{file name: PNG}`` of the report's plots, the forest plot first (what wandb logs)."""
+        return {p.name: p.data for p in ([self.forest] if self.forest else []) + self.plots}
+
+
+def report_data(folder: RunFolder, rows: list[dict], plan, objects, cfg_yaml: str, wall_s: float) -> Report:
+    """The `Report` of a finished run: statistics of `rows` (``metrics.csv``), plots, the listening grid of
+    `plan`'s clips and tasks, and the run's facts. `objects`: the built config (``report``, ``model``);
+    `wall_s`: the run's wall time in s."""
     cfg = objects.report
     tasks = task_degradations(plan, rows)
     primaries = primary_metrics(tasks, cfg.primary)
-    comps = comparisons(rows, cfg.bootstrap, cfg.confidence, cfg.correction)
+    unchanged = frozenset(task for task, name in tasks.items() if name == "identity")
+    comps = comparisons(rows, cfg.bootstrap, cfg.confidence, cfg.correction, unchanged_tasks=unchanged)
     verdicts = verdict_lines(comps, plan.random_weights, primaries)
-    statistics = statistics_note(comps, primaries, cfg)
-    fads, fad_note = fad_results(out_dir, rows, plan, cfg)
-    env = environment()
-    plots: dict[str, bytes] = {}
-    for name, png in (("forest_plot.png", forest_plot(comps, primaries)),
-                      ("strength_curves.png", strength_curves(rows))):
-        if png is not None:
-            plots[name] = png
-    listen_pngs = listening.spectrograms(out_dir, rows, plan.clips, list(tasks), _slug)
-    listen_paths = {wav: f"plots/listen/{_slug(wav.removesuffix('.wav'))}.png" for wav in listen_pngs}
-    for name, png in [*((f"plots/{n}", b) for n, b in plots.items()),
-                      *((listen_paths[w], b) for w, b in listen_pngs.items())]:
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_bytes(png)
+    fads, fad_note = fad_results(folder, rows, plan, cfg)
 
+    def figure(name: str, png: bytes | None) -> Png | None:
+        return None if png is None else Png(folder.relative(folder.plot(name)), png)
+
+    others = [figure("strength_curves.png", plots.strength_curves(rows, PRIMARY))]
+    pngs = listening.spectrograms(folder, rows, plan.clips, list(tasks))
+    audio_bytes = sum((folder.root / r["wav"]).stat().st_size for r in rows) // 2  # embedded as 16-bit
     model_note = (f"**Model: `{objects.model.pretrained}` has random weights.** Every number below describes a "
                   "random network; it says nothing about the methods." if plan.random_weights
                   else f"Model: `{objects.model.pretrained}`.")
@@ -357,151 +351,59 @@ def build_report(out_dir: Path, rows: list[dict], plan, objects, *, cfg_yaml: st
     if conditions:  # which condition the prior sampled with; labels other than the default are in method names
         model_note += (" Prior conditioned on: " + "; ".join(f"`{c}`" for c in conditions)
                        + " (`metrics.csv` column `condition`; baselines and decoder inversion use no prior).")
-    table = summary_table(rows)
-    columns = header(rows)
-    md = ["# gdr evaluation report", "", model_note, "",
-          f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}; {len(plan.clips)} clips, "
-          f"{len(plan.recipes)} recipes, {len(rows)} rows; wall time {wall_s:.1f} s; "
-          f"peak memory {max(float(r['peak_mem_mb']) for r in rows):.0f} MiB.", ""]
-    if "forest_plot.png" in plots:
-        md += ["## Primary metric per task", "", "![forest_plot.png](plots/forest_plot.png)", ""]
-    md += [f"## Verdicts ({cfg.correction} correction; primary metric per task)", "", statistics, ""]
-    for task, lines in verdicts.items():
-        md += [f"### {task} (primary: {primaries.get(task, PRIMARY)})", ""] + [f"- {line}" for line in lines] + [""]
-    md += ["## FAD", "", fad_note, ""]
-    if fads:
-        md += ["| task | method | FAD | outputs | references |", "|---|---|---|---|---|"]
-        md += [f"| {f['task']} | {f['method']} | {f['fad']:.4g} | {f['n_eval']} | {f['n_ref']} |" for f in fads]
-        md += [""]
-    md += ["## All comparisons", "",
-           "| task | metric | method | reference | improvement | CI | clips x seeds | p | adjusted p |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {c.task} | {c.metric} | {c.method} | {c.reference} | {c.mean:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
-           f"{c.clips} x {c.seeds} | {c.p:.3g} | {c.p_used:.3g} |" for c in comps]
-    md += ["", "## Means per task and method", "",
-           f"{WAVEFORM_NOTE} `oracle_vae_roundtrip` is computed from the clean input (a ceiling). {SPEECH_NOTE}", "",
-           "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(map(str, row)) + " |" for row in table]
-    seeds = seed_table(rows)
-    if seeds:
-        md += ["", "## The seed's own metrics", "", SEED_NOTE, "",
-               "| " + " | ".join(SEED_HEADER) + " |", "|" + "---|" * len(SEED_HEADER)]
-        md += ["| " + " | ".join(map(str, row)) + " |" for row in seeds]
-        md += ["", "Paired verdicts on the seed's metrics:", ""]
-        md += [f"- {c.verdict()}" for c in comps if c.metric in SEED_METRICS and c.reference == REFERENCE]
-    if plan.skipped:
-        md += ["", "## Skipped combinations", ""] + [f"- {s}" for s in plan.skipped]
-    md += ["", "## Listen", ""] + listening.grid_markdown(rows, list(plan.clips), list(tasks), listen_paths, _slug)
-    md += ["", "## Plots", ""] + [f"![{n}](plots/{n})" for n in plots if n != "forest_plot.png"]
-    md += ["", "## Environment", "", f"- machine: {env['machine']}"]
-    md += [f"- {k}: {v}" for k, v in env["versions"].items()]
-    md += ["", "## Resolved config", "", "```yaml", cfg_yaml.rstrip(), "```", ""]
-    write_text(out_dir / "report.md", "\n".join(md))
-    audio_bytes = sum((out_dir / r["wav"]).stat().st_size for r in rows) // 2  # embedded as 16-bit
-    embed = objects.report.embed_audio and audio_bytes < EMBED_LIMIT
-    write_text(out_dir / "report.html", render_html(out_dir, rows, plan, table, verdicts, comps, plots, env,
-                                                    cfg_yaml, model_note, embed, columns=columns,
-                                                    statistics=statistics, fads=fads, fad_note=fad_note,
-                                                    listen_pngs=listen_pngs, tasks=list(tasks),
-                                                    primaries=primaries))
-    if objects.logger:
-        log_wandb(out_dir, rows, plots, cfg_yaml, objects.report.wandb_project)
+    facts = (f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}; {len(plan.clips)} clips, "
+             f"{len(plan.recipes)} recipes, {len(rows)} rows; wall time {wall_s:.1f} s; "
+             f"peak memory {max(float(r['peak_mem_mb']) for r in rows):.0f} MiB.")
+    return Report(
+        model_note=model_note, random_weights=plan.random_weights, facts=facts,
+        forest=figure("forest_plot.png", plots.forest_plot(comps, primaries)),
+        correction=cfg.correction, statistics=statistics_note(comps, primaries, cfg),
+        verdicts=[TaskVerdicts(task, primaries.get(task, PRIMARY), lines) for task, lines in verdicts.items()],
+        fad_note=fad_note, fads=fads, comparisons=comps,
+        means=Table(header(rows), summary_table(rows)), seeds=Table(SEED_HEADER, seed_table(rows)),
+        seed_verdicts=[c.verdict() for c in comps if c.metric in SEED_METRICS and c.reference == REFERENCE],
+        skipped=list(plan.skipped),
+        listening=listening.section(folder, rows, plan.clips, list(tasks), pngs,
+                                    embed_audio=cfg.embed_audio and audio_bytes < EMBED_LIMIT),
+        plots=[p for p in others if p is not None], environment=environment(), config_yaml=cfg_yaml)
 
 
-def _audio_src(out_dir: Path, rel: str, embed: bool) -> str:
-    if not embed:
-        return html.escape(rel)
-    import soundfile as sf
+# ------------------------------------------------------------------------------------------ presentation
+@lru_cache(maxsize=1)
+def templates():
+    """The Jinja2 environment over ``gdr/templates`` (package data): ``*.html.j2`` auto-escaped, ``*.md.j2`` not."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    audio, sr = sf.read(str(out_dir / rel), dtype="float32")
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1, 1), sr, format="WAV", subtype="PCM_16")
-    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return Environment(loader=PackageLoader("gdr", "templates"), undefined=StrictUndefined,
+                       autoescape=select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=("md.j2",)),
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def render_html(out_dir, rows, plan, table, verdicts, comps, plots, env, cfg_yaml, model_note, embed_audio, *,
-                columns=HEADER, statistics: str = "", fads=(), fad_note: str = "", listen_pngs=None, tasks=None,
-                primaries=None) -> str:
-    """The self-contained page: the primary metric's forest plot first, verdicts, FAD, tables, the listening grid
-    (`gdr.listening`), other plots, environment and config."""
-    from gdr import listening
-
-    esc = html.escape
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>gdr report</title>",
-             ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;"
-              "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}.warn{background:#fee;padding:8px}"
-              "table.listen td{vertical-align:top}table.listen audio{width:240px;height:28px}"
-              "</style></head><body><h1>gdr evaluation report</h1>"),
-             f"<p class='{'warn' if plan.random_weights else ''}'>{esc(model_note).replace('**', '')}</p>"]
-    if "forest_plot.png" in plots:
-        parts.append("<h2>Primary metric per task</h2><figure id='primary-forest'>"
-                     f"{_img(plots['forest_plot.png'], 'forest plot of the primary metric')}<figcaption>Paired "
-                     "improvement over each reference on each task's primary metric; colour = corrected verdict"
-                     "</figcaption></figure>")
-    parts.append(f"<h2>Verdicts</h2><p>{esc(statistics)}</p>")
-    for task, lines in verdicts.items():
-        primary = f" (primary: {(primaries or {}).get(task, PRIMARY)})"
-        parts.append(f"<h3>{esc(task + primary)}</h3><ul>" + "".join(f"<li>{esc(l)}</li>" for l in lines) + "</ul>")
-    parts.append(f"<h2>FAD</h2><p>{esc(fad_note)}</p>")
-    if fads:
-        parts.append("<table><tr><th>task</th><th>method</th><th>FAD</th><th>outputs</th><th>references</th></tr>"
-                     + "".join(f"<tr><td>{esc(f['task'])}</td><td>{esc(f['method'])}</td><td>{f['fad']:.4g}</td>"
-                               f"<td>{f['n_eval']}</td><td>{f['n_ref']}</td></tr>" for f in fads) + "</table>")
-    parts.append(f"<h2>Means per task and method</h2><p>{esc(WAVEFORM_NOTE)} {esc(SPEECH_NOTE)}</p><table><tr>"
-                 + "".join(f"<th>{h}</th>" for h in columns) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in table]
-    seeds = seed_table(rows)
-    if seeds:
-        parts.append(f"</table><h2>The seed's own metrics</h2><p>{esc(SEED_NOTE)}</p><table><tr>"
-                     + "".join(f"<th>{esc(h)}</th>" for h in SEED_HEADER) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in seeds]
-    parts.append("</table><h2>Comparisons</h2><table><tr><th>task</th><th>metric</th><th>method</th>"
-                 "<th>reference</th><th>improvement</th><th>CI</th><th>p</th><th>adjusted p</th></tr>")
-    parts += [f"<tr><td>{esc(c.task)}</td><td>{c.metric}</td><td>{esc(c.method)}</td><td>{esc(c.reference)}</td>"
-              f"<td>{c.mean:.4g}</td><td>[{c.low:.4g}, {c.high:.4g}]</td><td>{c.p:.3g}</td><td>{c.p_used:.3g}</td>"
-              "</tr>" for c in comps]
-    parts.append("</table><h2>Listen</h2>")
-    parts.append(listening.grid_html(rows, list(plan.clips), tasks or _ordered(r["task"] for r in rows),
-                                     listen_pngs or {}, lambda wav: _audio_src(out_dir, wav, embed_audio), _slug))
-    parts.append("<h2>Plots</h2>")
-    for name, png in plots.items():
-        if name != "forest_plot.png":  # shown first
-            parts.append(f"<figure>{_img(png, name)}<figcaption>{esc(name)}</figcaption></figure>")
-    if plan.skipped:
-        parts.append("<h2>Skipped combinations</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in plan.skipped) + "</ul>")
-    parts.append(f"<h2>Environment</h2><p>{esc(env['machine'])}</p><ul>"
-                 + "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in env["versions"].items()) + "</ul>")
-    parts.append(f"<h2>Resolved config</h2><pre>{esc(cfg_yaml)}</pre></body></html>")
-    return "\n".join(parts)
+def render_markdown(report: Report) -> str:
+    """``report.md``: forest plot, verdicts, FAD, comparisons, tables, listening grid, plots, environment, config."""
+    return templates().get_template("report.md.j2").render(report=report)
 
 
-def log_wandb(out_dir: Path, rows: list[dict], plots: dict[str, bytes], cfg_yaml: str, project: str) -> None:
-    """Config, the metrics table with audio, and the plots. Offline unless ``WANDB_MODE`` says otherwise."""
-    import yaml
+def render_html(report: Report) -> str:
+    """The self-contained ``report.html``: the primary metric's forest plot first, verdicts, FAD, tables, the
+    listening grid (audio and pictures embedded), other plots, environment and config."""
+    return templates().get_template("report.html.j2").render(report=report)
 
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
 
-    mode = os.environ.get("WANDB_MODE", "offline")
-    run = wandb.init(project=project, dir=str(out_dir), mode=mode, config=yaml.safe_load(cfg_yaml),
-                     settings=wandb.Settings(silent=True, console="off"))
-    from gdr.metrics import PER_ITEM
+def write_report(folder: RunFolder, report: Report) -> None:
+    """Write the report's pictures (plots and spectrograms), ``report.md`` and ``report.html`` into `folder`."""
+    cells = [c.spectrogram for g in report.listening.grids for r in g.rows for c in r.cells if c and c.spectrogram]
+    pictures = {p.path: p for p in [*([report.forest] if report.forest else []), *report.plots, *cells]}
+    for png in pictures.values():  # a clean input's spectrogram sits in every task's grid: written once
+        with atomic_path(folder.root / png.path) as tmp:
+            tmp.write_bytes(png.data)
+    write_text(folder.report_md, render_markdown(report))
+    write_text(folder.report_html, render_html(report))
 
-    columns = [k for k in _ordered(k for r in rows for k in r) if k != "wav"] + ["audio"]  # speech metrics: some rows
-    table = wandb.Table(columns=columns)
-    numeric = {*PER_ITEM, *SPEECH_METRICS}
-    for r in rows:  # metrics as numbers; the rest (mixed "" / numbers) as text so column types stay fixed
-        # A waveform metric of a phase-free output, or a metric that does not apply, is missing (None), never a number.
-        values = [metric_value(r, k) if k in numeric else str(r.get(k, "")) for k in columns[:-1]]
-        table.add_data(*values, wandb.Audio(str(out_dir / r["wav"]), sample_rate=16000))
-    images = {}
-    for name, png in plots.items():
-        from PIL import Image
 
-        images[f"plots/{name}"] = wandb.Image(Image.open(io.BytesIO(png)))
-    run.log({"metrics": table, **images})
-    run.finish()
+def build_report(folder: RunFolder, rows: list[dict], plan, objects, *, cfg_yaml: str, wall_s: float) -> Report:
+    """Write report.md, report.html and plots/ of a finished run (`report_data`, `write_report`); returns the
+    `Report` (its `Report.figures` are what `gdr.wandb_log.log_run` logs)."""
+    report = report_data(folder, rows, plan, objects, cfg_yaml, wall_s)
+    write_report(folder, report)
+    return report

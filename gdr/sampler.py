@@ -19,8 +19,8 @@ import torch.utils.checkpoint
 from tqdm.auto import tqdm
 
 from gdr.errors import ConfigError
-from gdr.guidance import Context, Guidance, Step
 from gdr.measurement import Measurement
+from gdr.methods.base import Context, Guidance, Step
 from gdr.schedules import Schedule
 
 

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 SAMPLE_RATE = 16000
-CLIP_KINDS = ("speech", "music", "sound", "other")
 
 INTRUSIVE = ("pesq_wb", "stoi", "estoi")
 DNSMOS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")

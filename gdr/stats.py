@@ -13,8 +13,16 @@ therefore gets a p-value, and the report's p-values are adjusted together (`corr
 two-sided paired t-test on the per-clip mean improvements (``scipy.stats.ttest_1samp``), not a bootstrap
 p-value: one from B resamples cannot go below 1 / (B + 1), so a Holm threshold of 0.05 / m would be out
 of reach for a few hundred comparisons. A comparison is significant when its adjusted p-value is below
-``alpha = 1 - confidence`` *and* its (per-comparison, unadjusted) bootstrap interval excludes zero; the second
-condition only removes rejections, so the error rate stays controlled.
+``alpha = 1 - confidence``.
+
+Intervals that agree with the verdicts. The interval shown next to a verdict is the paired t-interval (the
+test's own dual, so it excludes zero exactly when the p-value it stands beside is below its level) at the level
+the correction implies (`Comparison.adjusted_interval`): Holm: ``1 - alpha p / p_Holm`` per comparison (it
+excludes zero exactly when the Holm-adjusted p < alpha); Benjamini-Hochberg: Benjamini & Yekutieli's (2005)
+false-coverage-rate level ``1 - R alpha / m`` for every comparison (``R`` discoveries of ``m``), which excludes
+zero exactly for the BH discoveries; none: ``1 - alpha``. So "no significant difference" never sits beside an
+interval that excludes zero. Each comparison's unadjusted bootstrap interval (``low``, ``high``) is kept for the
+table of all comparisons.
 """
 
 from __future__ import annotations
@@ -43,25 +51,45 @@ class Comparison:
     p_adjusted: float | None = None  # after `correct` (None: not adjusted yet, `p` is used)
     correction: str = "none"  # the key of `CORRECTIONS` that produced `p_adjusted`
     alpha: float = 0.05  # 1 - confidence
+    se: float = 0.0  # standard error of the mean per-clip improvement
+    level: float | None = None  # confidence level of the adjusted interval (`correct` sets it; None: 1 - alpha)
 
     @property
     def p_used(self) -> float:
         return self.p if self.p_adjusted is None else self.p_adjusted
 
     @property
+    def interval_level(self) -> float:
+        return 1.0 - self.alpha if self.level is None else self.level
+
+    @property
+    def adjusted_interval(self) -> tuple[float, float]:
+        """The paired t-interval at `interval_level` (the dual of the t-test: it excludes zero exactly when
+        the p-value at that level is below it). Fewer than two clips: unbounded."""
+        if self.clips < 2:
+            return -np.inf, np.inf
+        half = scipy_stats.t.ppf(0.5 + self.interval_level / 2, self.clips - 1) * self.se
+        return self.mean - half, self.mean + half
+
+    @property
     def significant(self) -> bool:
-        return self.p_used < self.alpha and (self.low > self.tolerance or self.high < -self.tolerance)
+        low, high = self.adjusted_interval
+        return self.p_used < self.alpha and (low > self.tolerance or high < -self.tolerance)
 
     def verdict(self) -> str:
-        over = f"over {self.clips} clips x {self.seeds} seeds"
+        low, high = self.adjusted_interval
+        level = f"{100 * self.interval_level:.3g} % interval"
+        if self.correction != "none":
+            level = f"{self.correction}-adjusted {level}"
+        over = f"over {self.clips} clips x {self.seeds} seeds ({level})"
         p = f"{'' if self.correction == 'none' else self.correction + '-adjusted '}p = {self.p_used:.2g}"
         if self.significant:
             winner, loser = (self.method, self.reference) if self.mean > 0 else (self.reference, self.method)
-            low, high = sorted((abs(self.low), abs(self.high)))
+            low, high = sorted((abs(low), abs(high)))
             return (f"{winner} beats {loser} on {self.metric} by {abs(self.mean):.3g} [{low:.3g}, {high:.3g}] "
                     f"{over}, {p}")
         return (f"no significant difference between {self.method} and {self.reference} on {self.metric} "
-                f"(improvement {self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] {over}, {p})")
+                f"(improvement {self.mean:.3g} [{low:.3g}, {high:.3g}] {over}, {p})")
 
 
 # report.correction -> how the report names it.
@@ -99,10 +127,19 @@ def adjust_p(p: np.ndarray, method: str) -> np.ndarray:
 
 
 def correct(comps: list[Comparison], method: str) -> list[Comparison]:
-    """Adjust the p-values of `comps` together (one family: every comparison of a report), in place; returns
-    `comps`. Verdicts (`Comparison.significant`) then use the adjusted p-values."""
-    for c, p in zip(comps, adjust_p(np.array([c.p for c in comps]), method)):
+    """Adjust the p-values of `comps` together (one family: every comparison of a report), in place, and set
+    the level of each one's interval to match (module docstring); returns `comps`. Verdicts
+    (`Comparison.significant`) then use the adjusted p-values and intervals."""
+    adjusted = adjust_p(np.array([c.p for c in comps]), method)
+    discoveries = sum(1 for c, p in zip(comps, adjusted) if p < c.alpha)
+    for c, p in zip(comps, adjusted):
         c.p_adjusted, c.correction = float(p), method
+        if method == "holm" and p > 0:
+            c.level = 1.0 - c.alpha * c.p / p
+        elif method == "bh":
+            c.level = 1.0 - max(discoveries, 1) * c.alpha / len(comps)
+        else:
+            c.level = 1.0 - c.alpha
     return comps
 
 
@@ -173,8 +210,10 @@ def compare(rows: list[dict], task: str, metric: str, method: str, reference: st
     seeds = max(len(v) for v in per_clip.values())
     # Identical pipelines (e.g. latent_pull at s = 1 vs the VAE round trip) differ by float rounding only.
     scale = np.mean([abs(v) for _, v in _values(rows, task, reference, metric)])
+    se = float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else 0.0
     return Comparison(task, metric, method, reference, mean, low, high, len(per_clip), seeds,
-                      tolerance=1e-5 * (1.0 + scale), p=paired_p_value(means), alpha=round(1.0 - confidence, 12))
+                      tolerance=1e-5 * (1.0 + scale), p=paired_p_value(means), alpha=round(1.0 - confidence, 12),
+                      se=se)
 
 
 def best_baseline(rows: list[dict], task: str, metric: str, candidates: list[str]) -> str | None:

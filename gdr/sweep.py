@@ -118,6 +118,11 @@ class Item:
     seed: int | None = None
     key: str = field(default="")
 
+    @property
+    def output(self) -> str:
+        """The name of the item's wav: the method, and ``_seed<k>`` for a seeded item."""
+        return self.method if self.seed is None else f"{self.method}_seed{self.seed}"
+
     def __post_init__(self):
         if not self.key:
             self.key = stable_hash({"kind": self.kind, "clip": self.clip_hash, "task": self.recipe["degradation"],

@@ -27,14 +27,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from gdr.adapters import inject_lora, save_lora, save_schedule
+from gdr import checks
+from gdr.adapters import inject_lora, save_lora
 from gdr.backbone import AudioLDM2
-from gdr.baselines import pad_to_multiple
 from gdr.degradations import build_degradation
 from gdr.errors import ConfigError
-from gdr.guidance import build_guidance
+from gdr.methods import GUIDANCE, build_guidance
 from gdr.metrics import LogMelL1, MultiResolutionSTFT, logmel_l1, mrstft
 from gdr.module import guided_reconstruction, seed_for
+from gdr.schedules import save_schedule
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,6 +50,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class CheckpointOnStop(L.Callback):
+    """On SIGTERM / Ctrl-C (Lightning stops at the next step boundary), save ``last.ckpt`` where the run's
+    `ModelCheckpoint` keeps it, so ``--ckpt_path last`` resumes from the step the run reached.
+
+    Only a stop that was asked for saves: any other exception (a bug, a non-finite loss) leaves the last
+    regular checkpoint as it is. `stopped_at` records the global step for the exit message."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+        self.path: str | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        self.stopped_at = trainer.global_step
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+            self.path = str(Path(checkpoint.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt")
+            trainer.save_checkpoint(self.path)
 
 
 class AudioExamples(L.Callback):
@@ -87,20 +112,14 @@ class LearnedSchedule(nn.Module):
         return self.values()[i]
 
 
-def _check_positive(name: str, value, integer: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value <= 0:
-        raise ConfigError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-
-
 class _Learner(L.LightningModule):
     """Shared machinery: the frozen backbone, the guided reconstruction of a batch, losses, EMA, export."""
 
     def __init__(self, pretrained: str, guidance: str, guidance_params: dict | None, steps: int, grad_steps: int,
                  lr: float, ema_decay: float, export_dir: str, cache_dir: str | None, checkpointing: bool):
         super().__init__()
-        _check_positive("model.lr", lr)
-        _check_positive("model.steps", steps, integer=True)
+        checks.positive("model.lr", lr)
+        checks.integer("model.steps", steps, low=1)
         if not isinstance(grad_steps, int) or not 1 <= grad_steps <= steps:
             raise ConfigError(f"model.grad_steps must be an integer in [1, steps={steps}], got {grad_steps!r}")
         if not 0 <= ema_decay < 1:
@@ -189,21 +208,29 @@ class ScheduleLearner(_Learner):
     """Learn the per-step guidance strength of one method (see the module docstring).
 
     Args:
-        pretrained: model id/folder (``gdr-tiny`` for smoke runs).
-        guidance, guidance_params: the method (any registered method with a per-step strength).
-        degradation: the task, ``{name: ..., <params>}`` (must match the data module's).
-        steps: sampling steps; grad_steps: steps kept in the graph (truncated backprop).
-        init_scale: initial strength at every step.
+        pretrained: Model id or folder (gdr-tiny for smoke runs).
+        guidance: The guidance method, any registered method with a per-step strength (dps, latent_pull, ...).
+        guidance_params: The method's own options, e.g. {every: 2}.
+        degradation: The task, {name: ..., <params>} (linked to the data module's).
+        steps: Sampling steps, an integer >= 1.
+        grad_steps: Steps kept in the autograd graph (truncated backprop), an integer in [1, steps].
+        lr: Adam learning rate, a finite number > 0.
+        ema_decay: Decay of the exponential moving average of the learned weights, in [0, 1) (0 = off).
+        export_dir: Where the learned file is written at the end of fit.
+        cache_dir: Where the tiny model and cached conditions live (null = $GDR_CACHE, else ~/.cache/gdr).
+        checkpointing: Recompute the UNet in the backward pass (activation checkpointing: less memory).
+        seed_offset: Added to every seed of the run (noise, timesteps), an integer.
+        init_scale: Initial strength at every step, a finite number > 0.
     """
 
     def __init__(self, pretrained: str = "gdr-tiny", guidance: str = "dps", guidance_params: dict | None = None,
                  degradation: dict | None = None, steps: int = 10, grad_steps: int = 3, init_scale: float = 1.0,
                  lr: float = 0.05, ema_decay: float = 0.0, export_dir: str = "outputs/train/schedule",
                  cache_dir: str | None = None, checkpointing: bool = True, seed_offset: int = 0):
-        if guidance in ("none", "sdedit", "decoder_inversion"):
-            raise ConfigError(f"guidance {guidance!r} has no per-step strength to learn; use latent_pull, inpaint, "
-                              "dps, mpgd, diffpir, psld, resample or daps")
-        _check_positive("model.init_scale", init_scale)
+        if guidance in GUIDANCE and not GUIDANCE[guidance].per_step_strength:
+            learnable = ", ".join(name for name, cls in GUIDANCE.items() if cls.per_step_strength)
+            raise ConfigError(f"guidance {guidance!r} has no per-step strength to learn; use one of {learnable}")
+        checks.positive("model.init_scale", init_scale)
         super().__init__(pretrained, guidance, guidance_params, steps, grad_steps, lr, ema_decay, export_dir,
                          cache_dir, checkpointing)
         self.degradation = build_degradation(degradation or {"name": "identity"})
@@ -228,6 +255,25 @@ class LoraAdapterLearner(_Learner):
 
     ``objective="eps"``: ``|eps_theta(z_t, t) - eps|^2`` with ``z_t`` the forward noising of ``E(M(x))``;
     ``objective="guided"``: the restoration loss through the guided sampler (schedule fixed at ``scale``).
+
+    Args:
+        rank: LoRA rank, an integer >= 1.
+        alpha: LoRA alpha (the update is scaled by alpha / rank), a finite number > 0.
+        target_modules: UNet module names that get adapters (null = the attention projections).
+        objective: eps (denoising loss on clean latents) or guided (restoration loss through the sampler).
+        scale: The guidance strength at every step for the guided objective, a finite number >= 0.
+        pretrained: Model id or folder (gdr-tiny for smoke runs).
+        guidance: The guidance method, any registered method with a per-step strength (dps, latent_pull, ...).
+        guidance_params: The method's own options, e.g. {every: 2}.
+        degradation: The task, {name: ..., <params>} (linked to the data module's).
+        steps: Sampling steps, an integer >= 1.
+        grad_steps: Steps kept in the autograd graph (truncated backprop), an integer in [1, steps].
+        lr: Adam learning rate, a finite number > 0.
+        ema_decay: Decay of the exponential moving average of the learned weights, in [0, 1) (0 = off).
+        export_dir: Where the learned file is written at the end of fit.
+        cache_dir: Where the tiny model and cached conditions live (null = $GDR_CACHE, else ~/.cache/gdr).
+        checkpointing: Recompute the UNet in the backward pass (activation checkpointing: less memory).
+        seed_offset: Added to every seed of the run (noise, timesteps), an integer.
     """
 
     def __init__(self, pretrained: str = "gdr-tiny", rank: int = 4, alpha: float = 4.0,
@@ -259,7 +305,7 @@ class LoraAdapterLearner(_Learner):
         else:
             model = self.backbone
             with torch.no_grad():
-                z0 = model.waveform_to_latent(pad_to_multiple(batch["x"], model.samples_multiple))
+                z0 = model.waveform_to_latent(model.pad_to_grid(batch["x"]))
             t = torch.randint(0, model.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g,
                               device=z0.device)
             noise = torch.randn(z0.shape, generator=g, device=z0.device)

@@ -9,31 +9,54 @@ import sys
 
 from gdr.cli import main_guard
 
+DESCRIPTION = ("Learn a per-timestep guidance schedule (gdr.training.ScheduleLearner) or a LoRA adapter "
+               "(gdr.training.LoraAdapterLearner) on a restoration dataset, on one or many GPUs.")
+EPILOG = ("Learners (--model): gdr.training.ScheduleLearner (the strength of each sampling step of one guidance "
+          "method) and gdr.training.LoraAdapterLearner (LoRA layers on the UNet); --model.help ScheduleLearner lists "
+          "a learner's options. Shipped configs (--config): configs/train/schedule_smoke.yaml and lora_smoke.yaml "
+          "(tiny offline model, synthetic data, seconds on CPU); configs/train/schedule.yaml and lora.yaml "
+          "(cvssp/audioldm2 and your data, --data.root DIR). Resume with --ckpt_path last; SIGTERM or Ctrl-C saves "
+          "last.ckpt at the next step.")
+
 
 def main(argv=None) -> int:
     import argparse
+    import signal
 
     from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from gdr.cli import quiet_lightning
     from gdr.datamodule import RestorationDataModule
     from gdr.errors import ConfigError, GdrError
-    from gdr.training import AtomicCheckpointIO
+    from gdr.interrupt import Interrupted, StopSignals
+    from gdr.training import AtomicCheckpointIO, CheckpointOnStop
 
     quiet_lightning()  # after importing Lightning, which sets its own log level
+    on_stop = CheckpointOnStop()
 
     class TrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
             parser.link_arguments("data.degradation", "model.init_args.degradation")
 
         def instantiate_trainer(self, **kwargs):
-            return super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
+            trainer = super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
+            trainer.callbacks.append(on_stop)
+            return trainer
 
     try:
-        TrainCLI(datamodule_class=RestorationDataModule, subclass_mode_model=True, args=argv,
-                 save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
-                 seed_everything_default=0,
-                 trainer_defaults={"use_distributed_sampler": False, "inference_mode": False})
+        with StopSignals(sigint_as_sigterm=True) as stop:  # SIGTERM / Ctrl-C: save last.ckpt at a step boundary
+            TrainCLI(datamodule_class=RestorationDataModule, subclass_mode_model=True, args=argv,
+                     save_config_kwargs={"overwrite": True},
+                     parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "epilog": EPILOG,
+                                    "fit": {"exit_on_error": False, "description": DESCRIPTION, "epilog": EPILOG}},
+                     seed_everything_default=0,
+                     trainer_defaults={"use_distributed_sampler": False, "inference_mode": False})
+    except SIGTERMException:
+        saved = f"checkpoint {on_stop.path}" if on_stop.path else "no checkpoint (no ModelCheckpoint callback)"
+        signum = stop.signum or signal.SIGTERM
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {on_stop.stopped_at}, {saved}; "
+                                  "rerun with --ckpt_path last to resume") from None
     except argparse.ArgumentError as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
     except (ValueError, TypeError) as exc:

@@ -47,29 +47,32 @@ def build_demo_report(out: Path) -> Path:
     from gdr.audio import write_wav
     from gdr.config import ReportConfig
     from gdr.report import build_report
+    from gdr.run_folder import RunFolder
 
     rng = np.random.default_rng(0)
     speech, _ = sf.read(str(ROOT / "tests" / "data" / "speech_espeak_16k.wav"), dtype="float32")
     t = np.arange(len(speech)) / 16000
     clips = {"speech__harvard": speech, "music__tone": (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)}
     task, rows = "noise(snr_db=10)", []
+    methods = ("degraded", "vae_roundtrip", "dps s=1 50st")
+    folder = RunFolder(out, clips, [task], methods)
     for clip, x in clips.items():
-        write_wav(out / "audio" / clip / "input.wav", x)
-        for k, method in enumerate(("degraded", "vae_roundtrip", "dps s=1 50st")):
+        write_wav(folder.input_wav(clip), x)
+        for k, method in enumerate(methods):
             y = x + (0.05 / (k + 1)) * rng.standard_normal(len(x)).astype(np.float32)
-            wav = f"audio/{clip}/noise/{method.replace(' ', '_')}.wav"
-            write_wav(out / wav, y)
+            wav = folder.output_wav(clip, task, method)
+            write_wav(wav, y)
             rows.append({"clip": clip, "clip_kind": clip.split("__")[0], "task": task, "method": method,
                          "kind": "method" if k == 2 else "baseline", "seed": 0 if k == 2 else "", "scale": "",
                          "phase_coherent": k == 0, "lsd": 1.0 - 0.2 * k + 0.01 * rng.normal(),
                          "logmel_l1": 0.5 - 0.1 * k, "lsd_high": 1.0, "mrstft": 1.0, "si_sdr": "", "snr": "",
-                         "wall_s": 0.1, "peak_mem_mb": 100.0, "wav": wav})
+                         "wall_s": 0.1, "peak_mem_mb": 100.0, "wav": folder.relative(wav)})
     plan = SimpleNamespace(clips=clips, recipes=[{"degradation": {"name": "noise", "params": {"snr_db": 10}}}],
                            skipped=[], random_weights=True)
     objects = SimpleNamespace(report=ReportConfig(bootstrap=200, fad=False), model=SimpleNamespace(pretrained="demo"),
                               logger=False)
-    build_report(out, rows, plan, objects, cfg_yaml="demo: true\n", wall_s=0.0)
-    return out / "report.html"
+    build_report(folder, rows, plan, objects, cfg_yaml="demo: true\n", wall_s=0.0)
+    return folder.report_html
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:

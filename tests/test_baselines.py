@@ -1,6 +1,7 @@
 """The DSP baselines do what they claim, on signals where the right answer is known."""
 
 import numpy as np
+import pytest
 import torch
 
 from gdr.baselines import BASELINES
@@ -45,6 +46,14 @@ def test_consistent_declip_is_consistent_and_helps():
     assert bool((out[clipped].abs() >= 0.3 - 1e-12).all()) and bool((out[clipped].sign() == y[clipped].sign()).all())
     assert torch.equal(op(out), y)  # re-clipping the estimate gives the measurement back
     assert _snr(out, x) > _snr(y, x)
+    # Long clipped runs (level 0.1 of a 0.5 peak): the spline overshoots (to ~20 x level here), and the estimate is
+    # capped at 2 x level.
+    op = build_degradation({"name": "clip", "level": 0.1})
+    y = op(x)
+    out = BASELINES["consistent_declip"].fn(None, y, op)
+    clipped = y.abs() >= 0.1 * (1 - 1e-6)
+    assert bool((out[clipped].abs() <= 0.2 + 1e-12).all()) and float(out[clipped].abs().max()) == pytest.approx(0.2)
+    assert torch.equal(op(out), y)
 
 
 def test_lowband_replacement_keeps_the_measured_low_band(tiny_model):
@@ -56,6 +65,14 @@ def test_lowband_replacement_keeps_the_measured_low_band(tiny_model):
     freqs = torch.fft.rfftfreq(12000, 1 / 16000)
     low = freqs < 1500
     assert (spec_out[low] - spec_y[low]).abs().sum() < 0.05 * spec_y[low].abs().sum()
+    # The whole measured band up to the cutoff is kept (a tone at 1.8 kHz too).
+    t = torch.arange(16000) / 16000
+    x = x + 0.1 * torch.sin(2 * np.pi * 1800 * t)
+    y = op(x)
+    out = BASELINES["lowband_replacement"].fn(tiny_model, y, op)
+    spec_out, spec_y = torch.fft.rfft(out[0, 2000:14000]), torch.fft.rfft(y[0, 2000:14000])
+    band = (freqs > 1600) & (freqs < 1950)
+    assert (spec_out[band] - spec_y[band]).abs().sum() < 0.05 * spec_y[band].abs().sum()
 
 
 def test_each_task_has_its_dsp_baseline():

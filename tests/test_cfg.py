@@ -6,10 +6,11 @@ import warnings
 import pytest
 import torch
 
-from gdr.conditioning import (ConditionCache, Conditioning, ConditionSpec, TextStack, check_audio_branch,
-                              pad_condition)
+from gdr.condition_cache import ConditionCache
+from gdr.conditioning import Conditioning, ConditionSpec, pad_condition
+from gdr.text_stack import TextStack, check_audio_branch
 from gdr.errors import ConfigError, GdrWarning, UnsupportedModelError
-from gdr.guidance import build_guidance
+from gdr.methods import build_guidance
 from gdr.measurement import LatentMeasurement
 from gdr.sampler import sample
 from gdr.schedules import build_schedule
@@ -168,6 +169,68 @@ def test_audio_condition_is_the_projection_and_gpt2_of_the_clap_audio_embedding(
     torch.testing.assert_close(ours.t5, t5)
     text = stack.conditioning(ConditionSpec(text=PROMPT)).cond
     assert (text.gpt2 - ours.gpt2).abs().max() > 1e-4
+
+
+def _one_clip(root):
+    """A folder with one clip whose spectrum spans the band (so two low-pass cut-offs measure different audio)."""
+    import numpy as np
+    import soundfile as sf
+
+    root.mkdir()
+    t = np.arange(16000) / 16000
+    x = 0.3 * np.sin(2 * np.pi * (100 * t + 3500 * t**2)) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    sf.write(str(root / "sweep.wav"), x.astype(np.float32), 16000)
+    return root
+
+
+@pytest.mark.parametrize("case", ["clips", "degradations"])
+def test_every_item_is_conditioned_on_the_clap_audio_of_its_own_measurement(tiny_model, stack, tmp_path, monkeypatch,
+                                                                           case):
+    """``audio: measurement`` in an evaluation with four clips (one low-pass), and in a sweep with two low-pass
+    cut-offs of one clip: what the runner hands the sampler for each item is the conditioning of the CLAP audio
+    embedding of that item's own measurement, recomputed here from the clip and the degradation."""
+    from conftest import ROOT
+    from gdr import evaluate
+    from gdr.config import parse
+    from gdr.degradations import build_degradation
+
+    args = {"clips": ["--data.demo_seconds", "1.0", "--degradation.params", '{"cutoff_hz": 2000}'],
+            "degradations": ["--data.root", str(_one_clip(tmp_path / "data")),
+                             "--sweep.grid", '{"degradation.params": [{"cutoff_hz": 1000}, {"cutoff_hz": 4000}]}']}
+    _, _, objects = parse(["--config", str(ROOT / "configs" / "smoke.yaml"), "--output_dir", str(tmp_path / "out"),
+                           "--degradation.name", "lowpass", "--guidance.name", "none", "--sampler.steps", "1",
+                           "--condition.audio", "measurement", *args[case]])
+    plan = evaluate.plan_evaluation(objects)
+    runner = evaluate.EvaluationRunner(tiny_model, plan, None, objects.chunk)
+    items = [item for item in plan.items if evaluate.uses_prior(item)]
+    assert len(items) == (4 if case == "clips" else 2)
+    evaluate.prepare_conditionings(runner, items, tmp_path / "cache")
+
+    passed = []
+    real = evaluate.GuidedReconstructor
+
+    def spy(*args, conditioning=None, **kwargs):
+        passed.append(conditioning)
+        return real(*args, conditioning=conditioning, **kwargs)
+
+    monkeypatch.setattr(evaluate, "GuidedReconstructor", spy)
+    spec = ConditionSpec(audio="measurement")
+    seen = []
+    for item in items:
+        out, _ = runner.run_item(item)
+        assert torch.isfinite(out).all()
+        degradation = item.recipe["degradation"]
+        y = build_degradation({"name": degradation["name"], **(degradation["params"] or {})})(
+            plan.clips[item.clip].waveform[None])
+        expected = stack.conditioning(spec, audio=y[0]).cond
+        got = passed[-1].cond
+        torch.testing.assert_close(got.gpt2, expected.gpt2, rtol=1e-5, atol=1e-6, msg=f"{item.clip} {item.task}")
+        torch.testing.assert_close(got.t5, expected.t5)
+        seen.append(got.gpt2)
+    assert len(passed) == len(items)
+    for i in range(len(seen)):  # and the items' conditionings differ from one another
+        for j in range(i):
+            assert (seen[i] - seen[j]).abs().max() > 1e-4, (items[i].clip, items[i].task, items[j].task)
 
 
 def test_audio_condition_refused_without_the_clap_audio_branch(tiny_dir, tmp_path):

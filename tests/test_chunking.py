@@ -61,6 +61,26 @@ def test_crossfade_keeps_identical_signals_and_the_power_of_independent_ones():
     assert abs(10 * math.log10(centre)) < 0.1 and abs(10 * math.log10(power.mean())) < 0.1
 
 
+def test_anti_correlated_chunks_are_joined_with_the_plain_equal_power_pair():
+    """rho <= 0 is clamped to 0: the weights are cos/sin with gain 1, as for independent outputs. Unclamped,
+    ``b = -a`` would be boosted and joined as ``+a`` before the overlap centre and ``-a`` after it."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 2000, generator=gen, dtype=torch.float64)
+    length = a.shape[-1]
+    theta = (torch.arange(length, dtype=torch.float64) + 0.5) / length * (math.pi / 2)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    torch.testing.assert_close(crossfade(a, -a), (cos - sin) * a, rtol=1e-12, atol=1e-12)
+    # Partly anti-correlated (rho about -0.6 per channel): still the plain pair, never a gain above 1.
+    b = -0.6 * a + 0.8 * torch.randn(3, 2000, generator=gen, dtype=torch.float64)
+    rho = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    assert bool((rho < -0.4).all())
+    torch.testing.assert_close(crossfade(a, b), cos * a + sin * b, rtol=1e-12, atol=1e-12)
+    # The join of b = -a has no jump: |(cos - sin) a| <= |a| and it passes through 0 at the centre.
+    joined = crossfade(a, -a)
+    assert bool((joined.abs() <= a.abs() + 1e-12).all())
+    assert joined[:, length // 2 - 1:length // 2 + 1].abs().max() < 1e-2 * a.abs().max()
+
+
 def test_bad_chunk_parameters_raise():
     with pytest.raises(ConfigError):
         chunk_layout(100, 10, 6)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gdr.backbone import AudioLDM2
-from gdr.conditioning import TextStack, generate_language_model, load_null_condition
+from gdr.condition_cache import load_null_condition
+from gdr.text_stack import TextStack, generate_language_model
 from gdr.errors import ModelNotFoundError
 
 

@@ -40,6 +40,12 @@ def test_round_trips_end_to_end(tmp_path, tiny_dir):
     assert [(r["clip"], r["method"]) for r in rows] == [(c, m) for c in expected for m in methods]
     for row in rows:
         assert float(row["logmel_l1"]) >= 0 and float(row["lsd"]) >= 0 and row["task"] == "identity"
+        # identity task: the degraded input is the clean clip itself (distance 0); every model output differs.
+        for name in ("logmel_l1", "lsd"):
+            if row["method"] == "degraded":
+                assert float(row[name]) == 0, (row["clip"], name, row[name])
+            else:
+                assert float(row[name]) > 1e-3, (row["clip"], row["method"], name, row[name])
         audio, sr = sf.read(str(out / row["wav"]))
         assert sr == 16000 and audio.shape == (round(expected[row["clip"]]),) and np.isfinite(audio).all()
     for clip in expected:
@@ -115,6 +121,27 @@ def test_bad_config_values(tmp_path, capsys, args, needle):
     _assert_one_line_failure(run_in_process([*SMOKE, *args, "--output_dir", str(out)], capsys), out, needle)
 
 
+@pytest.mark.parametrize("section, values, needle", [
+    ("ChunkConfig", {"seconds": 2.56, "overlap_seconds": 1.3}, "chunk.overlap_seconds"),
+    ("ChunkConfig", {"batch_size": 0}, "chunk.batch_size"),
+    ("SamplerConfig", {"eta": 1.01}, "sampler.eta"),
+    ("SamplerConfig", {"seeds": 0}, "sampler.seeds"),
+    ("SamplerConfig", {"steps": 1001}, "sampler.steps"),
+    ("ReportConfig", {"confidence": 1.0}, "report.confidence"),
+    ("ReportConfig", {"primary": {"gaps": "plcmoss"}}, "report.primary.gaps"),
+])
+def test_config_sections_refuse_values_just_outside_their_ranges(section, values, needle):
+    from gdr import config
+    from gdr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        getattr(config, section)(**values)
+    edge = {"chunk.overlap_seconds": {"seconds": 2.56, "overlap_seconds": 1.28}, "chunk.batch_size": {"batch_size": 1},
+            "sampler.eta": {"eta": 1.0}, "sampler.seeds": {"seeds": 1}, "sampler.steps": {"steps": 1000},
+            "report.confidence": {"confidence": 0.99}, "report.primary.gaps": {"primary": {"gaps": "lsd"}}}[needle]
+    getattr(config, section)(**edge)  # the edge of the range is accepted
+
+
 def _evaluate_main():
     import importlib.util
 
@@ -154,7 +181,11 @@ def test_every_method_and_degradation_through_evaluate(tmp_path, tiny_dir, metho
             "--guidance.name", method, "--guidance.params", json.dumps(params),
             "--degradation.name", degradation["name"], "--degradation.params",
             json.dumps(degradation.get("params", {})), "--logger", "false", "--report.bootstrap", "100"]
+    import time
+
+    started = time.perf_counter()
     assert _evaluate_main()(argv) == 0
+    elapsed = time.perf_counter() - started
     n = round(1.37 * 16000)
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     ours = [r for r in rows if r["guidance"] == method and r["kind"] == "method"]
@@ -163,8 +194,14 @@ def test_every_method_and_degradation_through_evaluate(tmp_path, tiny_dir, metho
     assert {"degraded", "vocoder_roundtrip", "vae_roundtrip", "oracle_vae_roundtrip"} <= {r["method"] for r in rows}
     for row in rows:
         assert float(row["wall_s"]) >= 0 and float(row["peak_mem_mb"]) > 0 and row["logmel_l1"] != ""
+        if row["method"] != "degraded":  # the measurement itself takes no time to return; everything else does
+            assert float(row["wall_s"]) > 0, row["method"]
         audio, sr = sf.read(str(out / row["wav"]))
         assert sr == 16000 and audio.shape == (n,) and np.isfinite(audio).all()
+    # Wall times are each item's own: together at most the whole run; no method beats returning the measurement.
+    walls = {r["method"] + r["seed"]: float(r["wall_s"]) for r in rows}
+    assert sum(walls.values()) <= elapsed
+    assert min(float(r["wall_s"]) for r in ours) >= walls["degraded"]
     if len(ours) == 2:  # seeds change the initial noise of every diffusion method
         a, _ = sf.read(str(out / ours[0]["wav"]))
         b, _ = sf.read(str(out / ours[1]["wav"]))
@@ -177,6 +214,16 @@ def test_help_lists_methods_and_degradations():
     for name in ("latent_pull", "sdedit", "inpaint", "dps", "mpgd", "diffpir", "decoder_inversion",
                  "identity", "noise", "clip", "lowpass", "gaps", "compose"):
         assert name in proc.stdout
+    # Every registered method and degradation, in the lines that list them (not just somewhere in the text).
+    from gdr.degradations import DEGRADATIONS
+    from gdr.methods import GUIDANCE
+
+    lines = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in proc.stdout.splitlines()
+             if line.startswith(("guidance methods (--guidance.name):", "degradations (--degradation.name):"))}
+    listed = {key: [name.strip() for name in value.split(",")] for key, value in lines.items()}
+    assert listed == {"guidance methods (--guidance.name)": list(GUIDANCE),
+                      "degradations (--degradation.name)": list(DEGRADATIONS)}
+    assert {"seed", "psld", "resample", "daps"} <= set(GUIDANCE)  # the ones the old list left out
 
 
 @pytest.mark.parametrize("args, needle", [

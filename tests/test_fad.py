@@ -7,6 +7,7 @@ import soundfile as sf
 import torch
 
 from gdr import fad
+from gdr.run_folder import RunFolder
 
 fad_package = pytest.importorskip("frechet_audio_distance")
 
@@ -59,21 +60,22 @@ def test_fad_per_method_uses_the_packages_pann_embeddings(tmp_path):
     rng = np.random.default_rng(0)
     n = 11200  # 0.7 s: enough frames for Cnn14's six poolings, and fast
     rows, audio = [], {}
+    run = RunFolder(tmp_path, ["c0", "c1"])
     for c in range(2):
         clean = (0.3 * np.sin(2 * np.pi * (200 + 150 * c) * np.arange(n) / 16000)).astype(np.float32)
-        audio[f"audio/c{c}/input.wav"] = clean
+        audio[run.relative(run.input_wav(f"c{c}"))] = clean
         audio[f"audio/c{c}/t/m.wav"] = clean + (0.05 * rng.standard_normal(n)).astype(np.float32)
         rows.append({"clip": f"c{c}", "task": "t", "method": "m", "wav": f"audio/c{c}/t/m.wav"})
     for rel, x in audio.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(tmp_path / rel), x, 16000, subtype="FLOAT")
-    [result] = fad.fad_per_method(tmp_path, rows, ["c0", "c1"], embed)
+    [result] = fad.fad_per_method(run, rows, ["c0", "c1"], embed)
 
     with torch.no_grad():
         def direct(rel):
             return model(torch.from_numpy(audio[rel])[None], None)["embedding"][0].numpy()
 
-        reference = np.stack([direct(f"audio/c{c}/input.wav") for c in range(2)])
+        reference = np.stack([direct(run.relative(run.input_wav(f"c{c}"))) for c in range(2)])
         evaluated = np.stack([direct(f"audio/c{c}/t/m.wav") for c in range(2)])
     assert result["n_eval"] == result["n_ref"] == 2 and result["fad"] > 0
     assert result["fad"] == pytest.approx(fad.frechet_distance(reference, evaluated), rel=1e-4)

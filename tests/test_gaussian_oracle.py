@@ -71,7 +71,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from gdr.builders import PUBLISHED_DIR
-from gdr.guidance import build_guidance
+from gdr.methods import build_guidance
 from gdr.measurement import LatentMeasurement
 from gdr.sampler import sample
 from gdr.schedules import build_schedule
@@ -660,7 +660,7 @@ def test_daps_langevin_converges_to_the_closed_form_gaussian_posterior(prior):
     gdr's chain has that law (5 standard errors over 4000 chains), and that law is the posterior up to ULA's own
     bias (stationary variance ``1 / (lam (1 - h lam / 2))``): mean to 1e-6, variance within 6 % at ``h lam <= 0.1``.
     """
-    from gdr.latent_posterior import DAPS
+    from gdr.methods.latent_posterior import DAPS
 
     mu, sigma, mask, _ = prior
     x0_hat = (mu + 0.3 * sigma).expand(B, *SHAPE[1:])  # the ODE's estimate, any fixed value
@@ -688,7 +688,7 @@ def test_resample_draws_the_product_of_the_two_gaussians():
     """ReSample's stochastic resampling (§2.11) draws ``z ~ N(z; z_prev, sigma^2) N(z; sqrt(a) z0(y), 1 - a)``
     (normalised: precision ``1 / sigma^2 + 1 / (1 - a)``, precision-weighted mean), ``a = a_prev``,
     ``sigma^2 = gamma (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)``. 20000 draws per case, 5 standard errors."""
-    from gdr.latent_posterior import ReSample
+    from gdr.methods.latent_posterior import ReSample
 
     n = 20000
     gen = torch.Generator().manual_seed(2)

@@ -13,6 +13,7 @@ import scipy.signal
 import torch
 
 from gdr import metrics
+from gdr.run_folder import RunFolder
 from test_frontend import reference_log_mel
 
 
@@ -193,24 +194,21 @@ def _finish(tmp_path, method, phase, out, seed_metrics=False, clip=None, clip_ki
     item = Item(kind="baseline", clip="c", clip_hash="h", task="t", method=method,
                 recipe={"degradation": degradation or {"name": "identity"}})
     clips = {"c": SimpleNamespace(waveform=x.float(), kind=clip_kind)}
-    runner = SimpleNamespace(plan=SimpleNamespace(clips=clips), out_dir=tmp_path,
-                             seed_metrics=seed_metrics,
-                             wav_path=lambda it: tmp_path / f"{it.method}.wav",
-                             record_path=lambda it: tmp_path / f"{it.method}.json")
+    folder = RunFolder(tmp_path, ["c"], ["t"], [method])
+    runner = SimpleNamespace(plan=SimpleNamespace(clips=clips), folder=folder, seed_metrics=seed_metrics)
     EvaluationRunner.finish(runner, item, out(x).float(), phase, 0.5, 10.0)
-    record = json.loads((tmp_path / f"{method}.json").read_text())
+    record = json.loads(folder.record(item.key).read_text())
     return {**record["row"], "wav": record["wav"]}
 
 
 def test_phase_free_rows_have_no_waveform_metrics_in_csv_and_report(tmp_path):
-    from gdr.evaluate import write_csv
-    from gdr.report import HEADER, NOT_MEANINGFUL, render_html, summary_table
+    from gdr.report import HEADER, NOT_MEANINGFUL, Report, Table, render_html, summary_table
     from gdr.stats import best_baseline, compare
 
     rows = [_finish(tmp_path, "degraded", True, lambda x: x + 0.05 * torch.randn(len(x), dtype=x.dtype)),
             _finish(tmp_path, "vocoder_roundtrip", False, lambda x: x.roll(100))]
     assert rows[1]["si_sdr"] == rows[1]["snr"] == "" and rows[1]["lsd"] != ""
-    write_csv(tmp_path / "metrics.csv", rows)
+    RunFolder(tmp_path).write_metrics(rows)
     read = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert read[1]["si_sdr"] == read[1]["snr"] == "" and float(read[0]["snr"]) > 10
     # A record written before waveform metrics were blanked still holds numbers: the report hides them too.
@@ -221,9 +219,11 @@ def test_phase_free_rows_have_no_waveform_metrics_in_csv_and_report(tmp_path):
     for method in ("vocoder_roundtrip", "old_vocoder_roundtrip"):
         assert by_method[method][columns["si_sdr"]] == by_method[method][columns["snr"]] == NOT_MEANINGFUL
         assert float(by_method[method][columns["lsd"]]) >= 0
+        # The table shows the row's own LSD (the vocoder's output differs from x: a positive distance).
+        assert float(by_method[method][columns["lsd"]]) == pytest.approx(float(read[1]["lsd"]), abs=1e-3)
+        assert float(read[1]["lsd"]) > 0.01
     assert float(by_method["degraded"][columns["snr"]]) == pytest.approx(float(read[0]["snr"]), abs=1e-3)
-    page = render_html(tmp_path, read, SimpleNamespace(random_weights=False, clips=[], skipped=[]), table, {}, [],
-                       {}, {"machine": "m", "versions": {}}, "", "", False)
+    page = render_html(Report(means=Table(HEADER, table)))
     cells = page.split("<td>vocoder_roundtrip</td>")[1].split("</tr>")[0]
     assert f"<td>{NOT_MEANINGFUL}</td><td>{NOT_MEANINGFUL}</td>" in cells
     # Statistics never use them either.

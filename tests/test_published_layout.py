@@ -112,7 +112,7 @@ def test_published_unets_have_the_published_sizes():
 def test_large_and_music_layouts_load_and_sample(checkpoint, tmp_path):
     from gdr.backbone import AudioLDM2
     from gdr.degradations import build_degradation
-    from gdr.guidance import build_guidance
+    from gdr.methods import build_guidance
     from gdr.module import GuidedReconstructor
     from gdr.schedules import build_schedule
 
@@ -125,3 +125,20 @@ def test_large_and_music_layouts_load_and_sample(checkpoint, tmp_path):
                                  steps=2)
     out = module.reconstruct(y, torch.Generator().manual_seed(0))
     assert out.shape == (1, 5120) and torch.isfinite(out).all()
+    # Unguided, gdr's loop on this layout gives diffusers' own pipeline latents (as test_sampler checks for base).
+    from diffusers import AudioLDM2Pipeline
+
+    from gdr.measurement import LatentMeasurement
+    from gdr.sampler import sample
+
+    pipe = AudioLDM2Pipeline.from_pretrained(folder, dtype=torch.float32)
+    cond = model.null_condition
+    ref = pipe(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2,
+               num_inference_steps=3, audio_length_in_s=1.28, guidance_scale=1.0, eta=1.0,
+               generator=torch.Generator().manual_seed(3), output_type="latent").audios
+    measurement = LatentMeasurement(torch.zeros_like(ref), torch.zeros_like(ref))
+    with torch.no_grad():
+        ours = sample(model.eps, model.scheduler, build_guidance("none"), build_schedule(0.0), measurement, steps=3,
+                      eta=1.0, generator=torch.Generator().manual_seed(3), return_denoised=False)
+    assert ours.shape == ref.shape and (ours - ref).abs().max() <= 1e-5
+    assert ref.abs().max() > 0.1  # not a degenerate all-zero comparison

@@ -5,7 +5,7 @@ import torch
 
 from gdr.degradations import build_degradation
 from gdr.errors import ConfigError
-from gdr.guidance import GUIDANCE, build_guidance
+from gdr.methods import GUIDANCE, build_guidance
 from gdr.measurement import DecoderMeasurement, LatentMeasurement
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.sampler import sample
@@ -59,7 +59,7 @@ def test_latent_pull_with_full_strength_returns_the_target_latent(tiny_model, st
 @pytest.mark.parametrize("strength, first", [(0.5, 3), (0.25, 5), (0.45, 4), (1.0, 0)])
 def test_noised_target_start_is_z_y_noised_to_the_chosen_strength(tiny_model, method, strength, first):
     """6 steps: floor(6 strength) steps run (diffusers' img2img rule, not round), from q(z_t | z_y) there."""
-    from gdr.guidance import Context
+    from gdr.methods import Context
 
     y = _clip()
     measurement = DecoderMeasurement(tiny_model, build_degradation("identity"), y)
@@ -280,6 +280,37 @@ def test_ddpm_scheduler_runs_for_methods_that_allow_it(tiny_model):
                                  chunk_samples=8 * 1280, overlap_samples=1280)
     out = module.reconstruct_clip(_clip(3 * 1280 * 8 + 333)[0], seed=0)
     assert out.shape == (3 * 1280 * 8 + 333,) and torch.isfinite(out).all()
+    # It is the DDPM sampler that ran: seeded, and not the DDIM result of the same seed.
+    from diffusers import DDPMScheduler
+
+    assert type(module.scheduler) is DDPMScheduler
+    torch.testing.assert_close(module.reconstruct_clip(_clip(3 * 1280 * 8 + 333)[0], seed=0), out, rtol=0, atol=0)
+    ddim = GuidedReconstructor(tiny_model, op, build_guidance("dps"), build_schedule(1.0), steps=4,
+                               chunk_samples=8 * 1280, overlap_samples=1280)
+    assert (ddim.reconstruct_clip(_clip(3 * 1280 * 8 + 333)[0], seed=0) - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("steps", [4, 7])
+def test_unguided_ddpm_loop_reproduces_diffusers_latents_with_its_ddpm_scheduler(tiny_model, pipe, steps):
+    """The pipeline with diffusers' DDPMScheduler (built from the same config) is the reference for
+    ``sampler.scheduler: ddpm``: same initial noise, same per-step variance noise from the one generator."""
+    from diffusers import AudioLDM2Pipeline, DDPMScheduler
+
+    scheduler = GuidedReconstructor(tiny_model, build_degradation("identity"), build_guidance("none"),
+                                    build_schedule(0.0), scheduler="ddpm").scheduler
+    ddpm = AudioLDM2Pipeline(**{**pipe.components, "scheduler": DDPMScheduler.from_config(pipe.scheduler.config)})
+    cond = tiny_model.null_condition
+    ref = ddpm(prompt_embeds=cond.t5, attention_mask=cond.t5_mask, generated_prompt_embeds=cond.gpt2,
+               num_inference_steps=steps, audio_length_in_s=1.28, guidance_scale=1.0,
+               generator=torch.Generator().manual_seed(3), output_type="latent").audios
+    measurement = LatentMeasurement(torch.zeros_like(ref), torch.zeros_like(ref))
+    with torch.no_grad():
+        ours = sample(tiny_model.eps, scheduler, build_guidance("none"), build_schedule(0.0), measurement,
+                      steps=steps, generator=torch.Generator().manual_seed(3), return_denoised=False)
+    assert ours.shape == ref.shape and (ours - ref).abs().max() <= 1e-5
+    ddim = sample(tiny_model.eps, tiny_model.scheduler, build_guidance("none"), build_schedule(0.0), measurement,
+                  steps=steps, generator=torch.Generator().manual_seed(3), return_denoised=False)
+    assert (ddim - ref).abs().max() > 1e-3  # the check can fail: DDIM's latents are not DDPM's
 
 
 def test_whole_clip_reconstruction_is_deterministic_in_the_seed(tiny_model):

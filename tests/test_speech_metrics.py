@@ -154,6 +154,13 @@ def test_clip_kind_from_manifest_then_folder_then_default(tmp_path):
     assert {c.kind for c in load_folder(root / "speech")} == {"speech"}  # the data folder's own name counts
 
 
+def test_folders_above_the_data_folder_do_not_mark_its_clips(tmp_path):
+    from gdr.data import load_folder
+
+    root = _folder(tmp_path / "music" / "set", ["a.wav", "speech/b.wav"])
+    assert {c.name: c.kind for c in load_folder(root)} == {"a": "other", "speech__b": "speech"}
+
+
 @pytest.mark.parametrize("manifest, needle", [
     ("path,kind\nd.wav,podcast\n", "unknown clip kind 'podcast'"),
     ("path,kind\nnope.wav,speech\n", "'nope.wav' is not a file"),
@@ -189,8 +196,14 @@ def test_a_speech_run_reports_speech_metrics_and_fad_status(tmp_path, tiny_dir, 
             "--report.fad_weights", str(tmp_path / "no_weights"), "--logger", "false"]
     proc = run_in_process(argv, capsys)
     assert proc.returncode == 0, proc.stderr
-    fad_lines = [line for line in proc.stderr.splitlines() if line.startswith("FAD not computed")]
+    fad_lines = [line for line in proc.stderr.splitlines() if line.startswith("warning: FAD not computed")]
     assert len(fad_lines) == 1 and "no_weights" in fad_lines[0] or "pip install" in fad_lines[0]
+    # Both lines name the folder; which one depends on whether the optional package is installed.
+    import importlib.util
+
+    assert "no_weights" in fad_lines[0]
+    has_package = importlib.util.find_spec("frechet_audio_distance") is not None
+    assert ("no PANN Cnn14 16 kHz weights" if has_package else "pip install -e '.[fad]'") in fad_lines[0], fad_lines
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) >= 6
     for row in rows:

@@ -43,7 +43,7 @@ def test_compare_finds_a_known_improvement_and_words_it():
     c = compare(_rows(0.3), "t", "lsd", "dps", "vae_roundtrip")
     assert c.low < 0.3 < c.high and c.significant and (c.clips, c.seeds) == (12, 3)
     assert re.match(r"dps beats vae_roundtrip on lsd by 0\.\d+ \[0\.\d+, 0\.\d+\] over", c.verdict())
-    assert re.search(r"over 12 clips x 3 seeds, p = \S+$", c.verdict())
+    assert re.search(r"over 12 clips x 3 seeds \(95 % interval\), p = \S+$", c.verdict())
     worse = compare(_rows(-0.3), "t", "lsd", "dps", "vae_roundtrip")
     assert worse.verdict().startswith("vae_roundtrip beats dps on lsd by 0.")
 
@@ -121,6 +121,12 @@ def test_verdicts_use_the_adjusted_p_value():
     others = [compare(_rows(0.0, noise=0.05, seed=s), "t", "lsd", "dps", "vae_roundtrip") for s in range(9)]
     correct([c, *others], "holm")  # one of ten: the threshold is now 0.005
     assert c.p_adjusted == pytest.approx(min(1.0, 10 * c.p)) or c.p_adjusted > c.p
+    # Holm by hand: c's p is the third smallest of the ten, so it is multiplied by 10 - 2 = 8, and the running
+    # maximum over the two smaller ones (10 p_(1), 9 p_(2)) is below that.
+    family = sorted(x.p for x in [c, *others])
+    assert family.index(c.p) == 2 and max(10 * family[0], 9 * family[1]) < 8 * c.p
+    assert c.p_adjusted == pytest.approx(8 * c.p, rel=1e-12)
+    assert c.p_adjusted >= 0.05  # so the win on its own is no longer one
     if c.p_adjusted >= 0.05:
         assert not c.significant and c.verdict().startswith("no significant difference")
         assert "holm-adjusted p = " in c.verdict()
@@ -172,3 +178,69 @@ def test_a_real_improvement_still_wins_among_twenty():
         winners = {(c.method, c.metric) for c in comps if c.significant}
         found += ("m0 s=1 10st", "lsd") in winners and {m for m, _ in winners} == {"m0 s=1 10st"}
     assert found >= 18
+
+
+def _family(seed: int, m: int = 24):
+    """`m` comparisons of dps vs the VAE round trip with effects from none to clear, 8 clips each."""
+    rng = np.random.default_rng(seed)
+    effects = rng.choice([0.0, 0.0, 0.01, 0.02, 0.05, 0.2], size=m)
+    return [compare(_rows(e, clips=8, seeds=1, noise=0.05, seed=int(rng.integers(1 << 30))), "t", "lsd", "dps",
+                    "vae_roundtrip", n_boot=200) for e in effects]
+
+
+@pytest.mark.parametrize("method", ["holm", "bh", "none"])
+def test_the_interval_beside_a_verdict_agrees_with_it(method):
+    """After any correction, a verdict is "significant" exactly when its interval excludes zero: "no
+    significant difference" never sits beside an interval that excludes zero, nor a win beside one that does not."""
+    from gdr.stats import correct
+
+    disagreements, seen = [], set()
+    for seed in range(20):
+        for c in correct(_family(seed), method):
+            low, high = c.adjusted_interval
+            excludes = low > 0 or high < 0
+            seen.add(c.significant)
+            if c.significant != excludes:
+                disagreements.append((c.p, c.p_used, low, high))
+            bracket = re.search(r"\[(\S+), (\S+)\]", c.verdict()).groups()
+            shown = sorted(map(float, bracket))
+            want = sorted((abs(low), abs(high))) if c.significant else [low, high]
+            assert shown == pytest.approx(want, rel=6e-3, abs=1e-12)  # shown with 3 significant digits
+    assert disagreements == [] and seen == {True, False}  # both kinds of verdict were tested
+
+
+def test_the_adjusted_intervals_are_the_t_intervals_at_the_corrected_levels():
+    """Against scipy's own paired t-interval (``TtestResult.confidence_interval``) at the level each correction
+    implies: Holm 1 - alpha p / p_Holm, BH (Benjamini-Yekutieli) 1 - R alpha / m, none 1 - alpha."""
+    from scipy import stats as scipy_stats
+
+    from gdr.stats import adjust_p, correct, paired_improvement
+
+    rows_list = [_rows(e, clips=8, seeds=1, noise=0.05, seed=k) for k, e in enumerate([0.0, 0.02, 0.05, 0.3])]
+    for method in ("holm", "bh", "none"):
+        comps = correct([compare(r, "t", "lsd", "dps", "vae_roundtrip", n_boot=200) for r in rows_list], method)
+        p = np.array([c.p for c in comps])
+        adjusted = adjust_p(p, method)
+        discoveries = int((adjusted < 0.05).sum())
+        for rows, c, p_raw, p_adj in zip(rows_list, comps, p, adjusted):
+            level = {"holm": 1 - 0.05 * p_raw / p_adj, "bh": 1 - max(discoveries, 1) * 0.05 / len(comps),
+                     "none": 0.95}[method]
+            per_clip = [np.mean(v) for v in paired_improvement(rows, "t", "lsd", "dps", "vae_roundtrip").values()]
+            want = scipy_stats.ttest_1samp(per_clip, 0.0).confidence_interval(level)
+            assert c.adjusted_interval == pytest.approx((want.low, want.high), rel=1e-9, abs=1e-12)
+
+
+def test_the_identity_task_is_not_compared_with_its_degraded_input():
+    """On identity, "degraded" is the clean input itself: the best non-diffusion reference is another baseline."""
+    from gdr.report import comparisons
+
+    rows = []
+    for c in range(6):
+        rows += [{"clip": f"c{c}", "task": "identity", "method": "degraded", "kind": "baseline", "lsd": 0.0, "seed": ""},
+                 {"clip": f"c{c}", "task": "identity", "method": "vae_roundtrip", "kind": "baseline", "lsd": 2.0 + c,
+                  "seed": ""},
+                 {"clip": f"c{c}", "task": "identity", "method": "dps", "kind": "method", "lsd": 1.5 + c, "seed": 0}]
+    kept = comparisons(rows, n_boot=100, confidence=0.95, unchanged_tasks=frozenset({"identity"}))
+    assert {c.reference for c in kept if c.metric == "lsd"} == {"vae_roundtrip"}
+    naive = comparisons(rows, n_boot=100, confidence=0.95)
+    assert "degraded" in {c.reference for c in naive if c.metric == "lsd"}  # what the option prevents

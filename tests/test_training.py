@@ -34,6 +34,92 @@ def _schedule(tmp_path, cache_dir, **kw):
     return ScheduleLearner(**{**args, **kw})
 
 
+def test_learned_schedule_starts_at_its_initial_strength():
+    from gdr.training import LearnedSchedule
+
+    for init in (0.05, 0.7, 3.0, 25.0):
+        values = LearnedSchedule(4, init).values().detach()
+        torch.testing.assert_close(values, torch.full((4,), init), rtol=1e-6, atol=0)
+
+
+def test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index():
+    data = _data(synthetic_count=8, val_fraction=0.25)
+    train, val = {c.name for c in data.train_clips}, {c.name for c in data.val_clips}
+    assert len(val) == 2 and len(train) == 6 and not train & val
+    loader = data.train_dataloader()
+
+    def epoch(e):
+        loader.sampler.set_epoch(e)
+        return [(b["x"], b["y"]) for b in loader]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    for (x0, y0), (x1, y1), (x2, _) in zip(first, again, second):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)  # a resumed epoch sees the same batches
+        assert not torch.equal(x0, x2)  # another epoch: other crops
+    # Ranks take disjoint shares that together are the whole epoch.
+    sampler = loader.sampler
+    shares = []
+    for rank in range(3):
+        sampler._shard = lambda rank=rank: (rank, 3)
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler)
+    assert sorted(i for share in shares for i in share) == list(range(sampler.epoch * sampler.n,
+                                                                      (sampler.epoch + 1) * sampler.n))
+
+
+def test_ema_is_the_decayed_average_of_the_trained_parameters(tmp_path, cache_dir, tiny_dir):
+    learner = _schedule(tmp_path, cache_dir, ema_decay=0.9)
+    learner.setup("fit")
+    start = learner.schedule.raw.detach().clone()
+    with torch.no_grad():
+        learner.schedule.raw.add_(1.0)
+    learner.on_train_batch_end(None, None, 0)
+    torch.testing.assert_close(learner.ema_0, 0.9 * start + 0.1 * (start + 1.0))
+
+
+def test_a_fresh_lora_changes_nothing_trains_only_itself_and_reloads_with_its_alpha(tmp_path, cache_dir, tiny_dir):
+    from gdr.adapters import inject_lora, save_lora
+    from gdr.backbone import AudioLDM2
+
+    model = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir)
+    z = torch.randn(1, 8, 8, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.eps(z, 500)
+    config = inject_lora(model.unet, rank=2, alpha=6.0)  # alpha != rank: the scale alpha / rank is 3
+    trainable = [n for n, p in model.unet.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    from gdr.adapters import DEFAULT_LORA_TARGETS
+
+    adapted = {n.split(".lora_A")[0] for n in trainable if ".lora_A" in n}  # every targeted attention projection
+    projections = {n for n, _ in model.unet.named_modules() if n.endswith(tuple(f".{t}" for t in DEFAULT_LORA_TARGETS))
+                   and ".lora_" not in n and "attn" in n}
+    assert projections and adapted == projections
+    assert not any(p.requires_grad for n, p in model.unet.named_parameters() if "lora_" not in n)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eps(z, 500), before, rtol=0, atol=0)  # B = 0: the identity at start
+        for name, p in model.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        adapted = model.eps(z, 500)
+    assert (adapted - before).abs().max() > 1e-4
+    save_lora(tmp_path / "lora", model.unet, config)
+    reloaded = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir, lora_path=tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eps(z, 500), adapted)
+
+
+def test_checkpoints_keep_every_trained_parameter_and_nothing_else_of_the_backbone(tmp_path, cache_dir, tiny_dir):
+    learner = LoraAdapterLearner(pretrained="gdr-tiny", rank=2, alpha=2.0, steps=2, grad_steps=1,
+                                 export_dir=str(tmp_path), cache_dir=str(cache_dir))
+    checkpoint = {"state_dict": learner.state_dict()}
+    learner.on_save_checkpoint(checkpoint)
+    kept = set(checkpoint["state_dict"])
+    trained = set(learner.trained_parameters())
+    assert trained and trained <= kept
+    assert {k for k in kept if k.startswith("backbone.")} == trained
+
+
 def test_schedule_training_lowers_the_validation_loss(tmp_path, cache_dir, tiny_dir):
     # On the random tiny model the strength of latent_pull matters most (DPS barely moves its output).
     torch.manual_seed(0)
@@ -111,7 +197,7 @@ def test_lora_export_reloads_through_peft_and_changes_the_unet(tmp_path, cache_d
 def test_exported_schedule_changes_evaluate_output(tmp_path, cache_dir, tiny_dir):
     import csv
 
-    from gdr.adapters import save_schedule
+    from gdr.schedules import save_schedule
     from test_evaluate_script import _evaluate_main
 
     path = save_schedule(tmp_path / "learned.safetensors", torch.tensor([5.0, 0.1, 3.0]), method="dps", steps=3)
@@ -133,19 +219,30 @@ def _train(args, timeout=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_process_ddp_training_exports_the_same_format(tmp_path, tiny_dir):
+def test_two_process_ddp_equals_one_process_accumulating_the_same_two_items(tmp_path, tiny_dir):
+    """2 processes x batch 1 against 1 process x batch 1 with accumulate_grad_batches 2: at optimizer step k both
+    average the gradients of items 2k and 2k + 1 under the sampler noise of step k (keyed by global_step), so
+    the exported schedules are equal, not only alike in format. (1 process x batch 2 cannot be equal: its two
+    items share one noise draw of shape (2, ...), not two of shape (1, ...).) The runs differ only in how float32
+    gradients are averaged (all-reduce vs accumulation); Adam turns that into differences of order lr x 1e-5, so
+    lr is 0.02 here (1.1e-6 at the smoke config's 0.2)."""
     files = {}
-    for name, devices in (("single", "1"), ("ddp", "2")):
+    for name, devices, accumulate in (("single", "1", "2"), ("ddp", "2", "1")):
         out = tmp_path / name
         proc = _train(["--config", "configs/train/schedule_smoke.yaml", "--trainer.devices", devices,
                        "--trainer.strategy", "ddp" if devices == "2" else "auto", "--trainer.max_epochs", "1",
+                       "--trainer.accumulate_grad_batches", accumulate, "--data.batch_size", "1",
                        "--model.init_args.steps", "2", "--model.init_args.grad_steps", "1",
-                       "--data.crop_seconds", "0.32",
+                       "--model.init_args.lr", "0.02", "--data.crop_seconds", "0.32",
                        "--model.init_args.export_dir", str(out), "--trainer.default_root_dir", str(out)])
         assert proc.returncode == 0, proc.stderr[-3000:]
         with safe_open(str(out / "schedule.safetensors"), "pt") as f:
-            files[name] = (f.metadata(), {k: f.get_tensor(k).shape for k in f.keys()})
-    assert files["single"] == files["ddp"]
+            files[name] = (f.metadata(), {k: f.get_tensor(k) for k in f.keys()})
+    (meta_single, single), (meta_ddp, ddp) = files["single"], files["ddp"]
+    assert meta_single == meta_ddp and single.keys() == ddp.keys() == {"values"}
+    assert single["values"].shape == (2,)
+    torch.testing.assert_close(ddp["values"], single["values"], rtol=0, atol=1e-6)
+    assert (single["values"] - 0.7).abs().max() > 1e-3  # it trained (init 0.7): the equality means something
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,159 +1,23 @@
-"""Guidance methods behind one interface, registered by name.
-
-The sampler (`gdr.sampler.sample`) asks a method two things:
-
-* ``start(ctx) -> (z, first)``: the latent to start from and the index of the first timestep to run
-  (pure noise and 0 by default; SDEdit starts part-way; decoder inversion runs no diffusion at all);
-* ``forward(step, ctx, scale) -> z_prev``: given one scheduler step (``z_t``, ``eps``, ``z0_hat``,
-  ``z_prev``), return the corrected ``z_prev``. ``scale`` is this step's strength from the schedule.
-
-DDIM facts used by the x0-correcting methods (latent_pull, mpgd): the DDIM update is
-``z_prev = sqrt(a_prev) z0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma xi``, so replacing ``z0_hat`` by
-``z0'`` while keeping the model's ``eps`` and the drawn noise is ``z_prev + sqrt(a_prev) (z0' - z0_hat)``.
-On the last step the sampler passes ``a_prev = 1`` and ``z_prev = z0_hat`` (it returns the denoised
-estimate), so the same formulas give the final output.
-
-The latent posterior samplers of 2023-25 (``psld``, ``resample``, ``daps``) live in `gdr.latent_posterior` and
-register here; methods that need more UNet passes than the step's one call ``ctx.eps_model``.
-"""
+"""The classic guidance methods: the seed's loop, latent pull, SDEdit, RePaint-style inpainting, DPS, MPGD,
+DiffPIR, and decoder inversion (the no-prior reference). Each cites its paper in its docstring."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
-from torch import nn
 
+from gdr import checks
 from gdr.errors import ConfigError
 from gdr.measurement import Measurement
-from gdr.registry import Registry
-
-GUIDANCE = Registry("guidance method")
+from gdr.methods.base import GUIDANCE, EveryK, Guidance, item_loss, noised_start, require_ddim
 
 
-@dataclass
-class Step:
-    """One scheduler step as seen by a guidance method. Latents are ``(B, C, L, F)``.
+@GUIDANCE.register("none")
+class Unguided(Guidance):
+    """The plain sampler: pure noise, then the scheduler's steps, no pull toward the measurement."""
 
-    ``alpha_t`` / ``alpha_prev`` are the cumulative alphas (``a_bar``) at ``t`` and at the step's target.
-    ``z_t`` requires grad (and ``eps``, ``z0_hat`` carry the graph) only when the method asked for it.
-    """
-
-    i: int
-    n: int
-    t: torch.Tensor
-    z_t: torch.Tensor
-    eps: torch.Tensor
-    z0_hat: torch.Tensor
-    z_prev: torch.Tensor
-    alpha_t: float
-    alpha_prev: float
-
-
-@dataclass
-class Context:
-    """What stays fixed during one sampling run."""
-
-    measurement: Measurement
-    scheduler: object
-    timesteps: torch.Tensor
-    generator: torch.Generator | None
-    keep_graph: bool = False  # the sampler keeps the graph through this step (learning the schedule)
-    # The sampler's own ``(z_t (B, C, L, F), t) -> eps`` callable, for methods that need more UNet passes than the
-    # step's one (DAPS's probability-flow ODE, ReSample's look-ahead). Conditioning lives inside it.
-    eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-
-    def noise_like(self, z: torch.Tensor) -> torch.Tensor:
-        return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
-
-    def alpha_bar(self, index: int) -> float:
-        """``a_bar`` at ``timesteps[index]``; past the end, the scheduler's final alpha."""
-        if index >= len(self.timesteps):
-            return float(getattr(self.scheduler, "final_alpha_cumprod", torch.tensor(1.0)))
-        return float(self.scheduler.alphas_cumprod[int(self.timesteps[index])])
-
-
-def _item_loss(r: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-item data loss of residual ``r`` ``(B, ...)``: ``|r|`` (DPS code) or ``|r|^2``. Summed over items."""
-    sq = r.flatten(1).pow(2).sum(dim=1)
-    # |r| is not differentiable at r = 0 (sqrt's gradient there is inf * 0 = NaN); the clamp gives the
-    # subgradient 0, so an item that observes nothing (e.g. a chunk inside a gap) gets no guidance.
-    return (sq.clamp_min(1e-30).sqrt() if kind == "norm" else sq).sum()
-
-
-def _require_ddim(scheduler, method: str) -> None:
-    from diffusers import DDIMScheduler
-
-    if not isinstance(scheduler, DDIMScheduler):
-        raise ConfigError(f"{method} edits z0_hat inside a DDIM update and needs the ddim scheduler, "
-                          f"got {type(scheduler).__name__}")
-
-
-class Guidance(nn.Module):
-    """Base class, and the unguided sampler (``none``)."""
-
-    def validate(self, degradation, scheduler) -> None:
-        """Raise `ConfigError` before any work if this method cannot run with `degradation` / `scheduler`."""
-
-    def wants_unet_grad(self, i: int, n: int) -> bool:
-        """Whether step `i` needs gradients through the UNet (only DPS does)."""
-        return False
-
-    def start(self, ctx: Context) -> tuple[torch.Tensor, int]:
-        """Pure noise at the first timestep (``randn * init_noise_sigma``, as diffusers' pipelines do)."""
-        z_y = ctx.measurement.z_y
-        return ctx.noise_like(z_y) * ctx.scheduler.init_noise_sigma, 0
-
-    def forward(self, step: Step, ctx: Context, scale: float) -> torch.Tensor:
-        return step.z_prev
-
-    @staticmethod
-    def replace_x0(step: Step, z0_new: torch.Tensor) -> torch.Tensor:
-        """The DDIM ``z_prev`` had ``z0_hat`` been `z0_new` (same eps, same noise)."""
-        if step.alpha_prev == 1.0:  # the sampler's last step returns the estimate itself: z0_new, exactly
-            return z0_new
-        return step.z_prev + math.sqrt(step.alpha_prev) * (z0_new - step.z0_hat)
-
-
-GUIDANCE.register("none")(Guidance)
-
-
-class _EveryK(Guidance):
-    """Methods with a decoder gradient may apply their data step only every `every`-th step (always the last)."""
-
-    def __init__(self, every: int = 1):
-        super().__init__()
-        if not isinstance(every, int) or every < 1:
-            raise ConfigError(f"guidance.every must be an integer >= 1, got {every!r}")
-        self.every = every
-
-    def active(self, i: int, n: int) -> bool:
-        return (n - 1 - i) % self.every == 0
-
-
-def _strength(value, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-def noised_start(ctx: Context, strength: float) -> tuple[torch.Tensor, int]:
-    """SDEdit's start: ``z_y`` noised to the timestep ``strength`` of the way up the schedule.
-
-    As diffusers' image-to-image pipelines (``get_timesteps``): ``floor(strength n)`` steps are run, from
-    ``first = n - floor(strength n)`` (``n`` = number of timesteps), and ``z_y`` is noised to
-    ``timesteps[first]`` by the scheduler's forward process ``q(z_t | z_y)``. ``strength = 0`` returns
-    ``(z_y, n)``: nothing to run.
-    """
-    n = len(ctx.timesteps)
-    first = n - min(int(strength * n), n)
-    z_y = ctx.measurement.z_y
-    if first == n:
-        return z_y.clone(), n
-    return ctx.scheduler.add_noise(z_y, ctx.noise_like(z_y), ctx.timesteps[first:first + 1]), first
+    per_step_strength = False
 
 
 @GUIDANCE.register("seed")
@@ -180,7 +44,7 @@ class Seed(Guidance):
         self.on = on
 
     def validate(self, degradation, scheduler):
-        _require_ddim(scheduler, "seed")
+        require_ddim(scheduler, "seed")
 
     def start(self, ctx):
         return ctx.measurement.z_y.clone(), 0
@@ -208,13 +72,12 @@ class LatentPull(Guidance):
         if start not in ("target", "noise"):
             raise ConfigError(f"latent_pull.start must be 'target' or 'noise', got {start!r}")
         self.start_from, self.masked = start, masked
-        self.strength = _strength(strength, "latent_pull.strength")
+        self.needs_mask = bool(masked)  # only the masked variant reads the latent mask
+        self.strength = checks.number("latent_pull.strength", strength, low=0, high=1)
 
     def validate(self, degradation, scheduler):
-        _require_ddim(scheduler, "latent_pull")
-        if self.masked and not degradation.has_mel_mask:
-            raise ConfigError(f"latent_pull with masked=true needs a degradation with a latent mask, "
-                              f"not {degradation.describe()}")
+        super().validate(degradation, scheduler)
+        require_ddim(scheduler, "latent_pull")
 
     def start(self, ctx):
         if self.start_from == "noise":
@@ -233,9 +96,11 @@ class SDEdit(Guidance):
     """SDEdit (Meng et al., arXiv 2108.01073): noise ``z_y`` to ``strength`` of the schedule (`noised_start`),
     then the plain reverse process. ``strength = 0`` returns ``z_y``; ``1`` starts from (almost) pure noise."""
 
+    per_step_strength = False  # the strength is where it starts, not a per-step weight
+
     def __init__(self, strength: float = 0.5):
         super().__init__()
-        self.strength = _strength(strength, "sdedit.strength")
+        self.strength = checks.number("sdedit.strength", strength, low=0, high=1)
 
     def start(self, ctx):
         return noised_start(ctx, self.strength)
@@ -247,10 +112,8 @@ class Inpaint(Guidance):
     ``z_prev <- z_prev + s m (q(z_y, t_prev) - z_prev)``, ``q`` the forward noising, ``m`` the
     degradation's latent mask (reliable cells). ``s = 1`` is plain replacement."""
 
-    def validate(self, degradation, scheduler):
-        if not degradation.has_mel_mask:
-            raise ConfigError(f"inpaint needs a degradation with a latent mask (identity, noise, lowpass, gaps), "
-                              f"not {degradation.describe()}")
+    needs_mask = True
+
 
     def forward(self, step, ctx, scale):
         z_y = ctx.measurement.z_y
@@ -258,8 +121,10 @@ class Inpaint(Guidance):
         return step.z_prev + scale * ctx.measurement.latent_mask * (known - step.z_prev)
 
 
-class _DataGradient(_EveryK):
+class _DataGradient(EveryK):
     """Methods stepping along the gradient of a data loss ``|r|`` (``loss="norm"``) or ``|r|^2`` (``"squared"``)."""
+
+    decoder_gradients = True
 
     def __init__(self, loss: str = "norm", every: int = 1):
         super().__init__(every)
@@ -283,7 +148,7 @@ class DPS(_DataGradient):
     def forward(self, step, ctx, scale):
         if not self.active(step.i, step.n) or scale == 0:
             return step.z_prev
-        loss = _item_loss(ctx.measurement.residual(step.z0_hat), self.loss)
+        loss = item_loss(ctx.measurement.residual(step.z0_hat), self.loss)
         # First order when learning the schedule: the gradient is a constant of the outer backward pass.
         (grad,) = torch.autograd.grad(loss, step.z_t, retain_graph=ctx.keep_graph)
         return step.z_prev - scale * grad
@@ -295,19 +160,19 @@ class MPGD(_DataGradient):
     decoder only, ``z0' = z0_hat - s grad_{z0} L``, then DDIM with ``z0'``. No UNet backprop."""
 
     def validate(self, degradation, scheduler):
-        _require_ddim(scheduler, "mpgd")
+        require_ddim(scheduler, "mpgd")
 
     def forward(self, step, ctx, scale):
         if not self.active(step.i, step.n) or scale == 0:
             return step.z_prev
         with torch.enable_grad():
             z0 = step.z0_hat.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(_item_loss(ctx.measurement.residual(z0), self.loss), z0)
+            (grad,) = torch.autograd.grad(item_loss(ctx.measurement.residual(z0), self.loss), z0)
         return self.replace_x0(step, step.z0_hat - scale * grad)
 
 
 @GUIDANCE.register("diffpir")
-class DiffPIR(_EveryK):
+class DiffPIR(EveryK):
     """DiffPIR (Zhu et al., CVPRW 2023, arXiv 2305.08995).
 
     Data step ``z0* = argmin_z s |A(G(z)) - y|^2 + rho_t |z - z0_hat|^2`` with
@@ -316,6 +181,8 @@ class DiffPIR(_EveryK):
     ``eps_hat = (z_t - sqrt(a_t) z0*) / sqrt(1 - a_t)`` and
     ``z_prev = sqrt(a_prev) z0* + sqrt(1 - a_prev) (sqrt(1 - zeta) eps_hat + sqrt(zeta) xi)``.
     """
+
+    decoder_gradients = True  # the Adam data step; measurements with a closed-form prox skip it
 
     def __init__(self, lam: float = 1.0, sigma: float = 0.1, zeta: float = 0.3, iters: int = 5, lr: float = 0.05,
                  every: int = 1):
@@ -339,7 +206,7 @@ class DiffPIR(_EveryK):
             opt = torch.optim.Adam([z], lr=self.lr)
             for _ in range(self.iters):
                 opt.zero_grad()
-                loss = w * _item_loss(measurement.residual(z), "squared") + rho * (z - z0_hat.detach()).pow(2).sum()
+                loss = w * item_loss(measurement.residual(z), "squared") + rho * (z - z0_hat.detach()).pow(2).sum()
                 loss.backward()
                 opt.step()
             z_star = z.detach()
@@ -348,7 +215,7 @@ class DiffPIR(_EveryK):
             # Implicit function theorem at the optimum w grad L(z*) + 2 rho (z* - z0_hat) = 0, dropping the
             # Hessian of L against 2 rho: dz*/dz0_hat ~ I and dz*/dw ~ -grad L(z*) / (2 rho).
             z_eval = z_star.clone().requires_grad_(True)
-            (grad_l,) = torch.autograd.grad(_item_loss(measurement.residual(z_eval), "squared"), z_eval)
+            (grad_l,) = torch.autograd.grad(item_loss(measurement.residual(z_eval), "squared"), z_eval)
         w_t = weight if torch.is_tensor(weight) else torch.tensor(w)
         return z_star + (z0_hat - z0_hat.detach()) - (w_t - w_t.detach()) * grad_l / (2 * rho)
 
@@ -366,9 +233,15 @@ class DiffPIR(_EveryK):
 class DecoderInversion(Guidance):
     """Not diffusion: optimise ``z`` directly, from ``z_y``, to minimise ``|A(G(z)) - y|^2`` with Adam.
 
-    The baseline every "the prior restores detail" claim must beat. ``iters=None`` uses one decoder
-    evaluation per sampling step (as many as a ``dps`` run with ``every=1``).
+    The baseline every "the prior restores detail" claim must beat, so evaluation runs it on every task
+    (``reference``). ``iters=None`` uses one decoder evaluation per sampling step (as many as a ``dps`` run
+    with ``every=1``).
     """
+
+    per_step_strength = False
+    uses_prior = False
+    decoder_gradients = True
+    reference = True
 
     def __init__(self, iters: int | None = None, lr: float = 0.05):
         super().__init__()
@@ -385,19 +258,8 @@ class DecoderInversion(Guidance):
             opt = torch.optim.Adam([z], lr=self.lr)
             for _ in range(self.iters or n):
                 opt.zero_grad()
-                _item_loss(ctx.measurement.residual(z), "squared").backward()
+                item_loss(ctx.measurement.residual(z), "squared").backward()
                 opt.step()
         return z.detach(), n
 
 
-def build_guidance(name: str, params: dict | None = None) -> Guidance:
-    params = params or {}
-    odd = [k for k in params if not isinstance(k, str)]
-    if odd:  # YAML 1.1 reads a bare on/off/yes/no as a boolean, e.g. {on: denoised} -> {True: "denoised"}
-        raise ConfigError(f"guidance.params has a non-text key {odd[0]!r}: quote it in YAML, e.g. "
-                          "'{\"on\": denoised}' (a bare on/off/yes/no is read as a boolean)")
-    return GUIDANCE.build(name, **params)
-
-
-# The latent posterior samplers of 2023-25 live in their own module and register here.
-from gdr import latent_posterior  # noqa: F401  (import for registration)

@@ -1,8 +1,8 @@
 """The latent posterior samplers of 2023-25 behind gdr's guidance interface: PSLD, ReSample and DAPS.
 
 They are the methods that made posterior sampling work *with latent* diffusion models (``shared/docs/methods.md``
-§2.10-2.12). Each one registers in `gdr.guidance.GUIDANCE` and sees the step the way every method does
-(`gdr.guidance.Step`: ``z_t``, the model's ``eps``, ``z0_hat``, the plain ``z_prev``, ``a_bar`` at ``t`` and at the
+§2.10-2.12). Each one registers in `gdr.methods.GUIDANCE` and sees the step the way every method does
+(`gdr.methods.base.Step`: ``z_t``, the model's ``eps``, ``z0_hat``, the plain ``z_prev``, ``a_bar`` at ``t`` and at the
 step's target). What they add:
 
 * the decoder's pixel side of the measurement (`gdr.measurement.Measurement`: ``decode`` = ``D``, ``encode`` =
@@ -23,22 +23,10 @@ import math
 
 import torch
 
+from gdr import checks
 from gdr.errors import ConfigError
-from gdr.guidance import GUIDANCE, Guidance, _EveryK, _item_loss
 from gdr.measurement import Measurement
-
-
-def _number(name: str, value, *, low: float = 0.0, strict: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
+from gdr.methods.base import GUIDANCE, EveryK, Guidance, item_loss
 
 
 def _require_epsilon(scheduler, method: str) -> None:
@@ -53,7 +41,7 @@ def _tweedie(z: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
 
 
 @GUIDANCE.register("psld")
-class PSLD(_EveryK):
+class PSLD(EveryK):
     """PSLD (Rout et al., NeurIPS 2023, arXiv 2307.00619), Algorithm 2 ("PSLD"), on the sampler's step::
 
         z_prev <- z_prev - s grad_{z_t} [ omega L(A(G(z0_hat)) - y) + gamma L(z0_hat - E(A^T y + (I - A^T A) D(z0_hat))) ]
@@ -74,10 +62,12 @@ class PSLD(_EveryK):
     (none for identity/noise in the mel domain, where the glued mel is ``M(y)`` and its latent ``z_y``).
     """
 
+    decoder_gradients = True
+
     def __init__(self, omega: float = 1.0, gamma: float = 0.1, loss: str = "norm", every: int = 1):
         super().__init__(every)
-        self.omega = _number("psld.omega", omega, strict=False)
-        self.gamma = _number("psld.gamma", gamma, strict=False)
+        self.omega = checks.number("psld.omega", omega, low=0)
+        self.gamma = checks.number("psld.gamma", gamma, low=0)
         if self.omega == 0 and self.gamma == 0:
             raise ConfigError("psld.omega and psld.gamma are both 0: nothing would guide the sampler")
         if loss not in ("norm", "squared"):
@@ -92,16 +82,16 @@ class PSLD(_EveryK):
             return step.z_prev
         m = ctx.measurement
         u = m.decode(step.z0_hat)  # D(z0_hat), shared by both terms
-        loss = self.omega * _item_loss(m.residual_from(u), self.loss)
+        loss = self.omega * item_loss(m.residual_from(u), self.loss)
         if self.gamma:
-            loss = loss + self.gamma * _item_loss(step.z0_hat - m.consistent_latent(u), self.loss)
+            loss = loss + self.gamma * item_loss(step.z0_hat - m.consistent_latent(u), self.loss)
         # First order when learning the schedule, as DPS: the gradient is a constant of the outer backward pass.
         (grad,) = torch.autograd.grad(loss, step.z_t, retain_graph=ctx.keep_graph)
         return step.z_prev - scale * grad
 
 
 @GUIDANCE.register("resample")
-class ReSample(_EveryK):
+class ReSample(EveryK):
     """ReSample (Song, Kwon et al., ICLR 2024, arXiv 2307.08123), Algorithm 1: hard data consistency on a
     subset of steps, then stochastic resampling back to the step's noise level.
 
@@ -138,17 +128,19 @@ class ReSample(_EveryK):
     UNet backward.
     """
 
+    decoder_gradients = True
+
     def __init__(self, gamma: float = 40.0, every: int = 10, iters: int = 500, lr: float = 5e-3, tol: float = 1e-3,
                  pixel_stage: bool = True, travel: int = 0):
         super().__init__(every)
-        self.gamma = _number("resample.gamma", gamma)
-        self.iters = _integer("resample.iters", iters, 1)
-        self.lr = _number("resample.lr", lr)
-        self.tol = _number("resample.tol", tol, strict=False)
+        self.gamma = checks.positive("resample.gamma", gamma)
+        self.iters = checks.integer("resample.iters", iters, low=1)
+        self.lr = checks.positive("resample.lr", lr)
+        self.tol = checks.number("resample.tol", tol, low=0)
         if not isinstance(pixel_stage, bool):
             raise ConfigError(f"resample.pixel_stage must be true or false, got {pixel_stage!r}")
         self.pixel_stage = pixel_stage
-        self.travel = _integer("resample.travel", travel, 0)
+        self.travel = checks.integer("resample.travel", travel, low=0)
 
     def validate(self, degradation, scheduler):
         if self.travel:
@@ -253,17 +245,19 @@ class DAPS(Guidance):
     gradients first order).
     """
 
+    decoder_gradients = True
+
     def __init__(self, ode_steps: int = 2, langevin_steps: int = 100, lr: float = 5e-5, tau: float = 0.01,
                  lr_min_ratio: float = 0.01, rho: float = 7.0):
         super().__init__()
-        self.ode_steps = _integer("daps.ode_steps", ode_steps, 1)
-        self.langevin_steps = _integer("daps.langevin_steps", langevin_steps, 1)
-        self.lr = _number("daps.lr", lr)
-        self.tau = _number("daps.tau", tau)
-        self.lr_min_ratio = _number("daps.lr_min_ratio", lr_min_ratio)
+        self.ode_steps = checks.integer("daps.ode_steps", ode_steps, low=1)
+        self.langevin_steps = checks.integer("daps.langevin_steps", langevin_steps, low=1)
+        self.lr = checks.positive("daps.lr", lr)
+        self.tau = checks.positive("daps.tau", tau)
+        self.lr_min_ratio = checks.positive("daps.lr_min_ratio", lr_min_ratio)
         if self.lr_min_ratio > 1:
             raise ConfigError(f"daps.lr_min_ratio must be in (0, 1], got {lr_min_ratio!r}")
-        self.rho = _number("daps.rho", rho)
+        self.rho = checks.positive("daps.rho", rho)
 
     def validate(self, degradation, scheduler):
         if self.ode_steps > 1:
@@ -303,7 +297,7 @@ class DAPS(Guidance):
             if scale != 0:
                 with torch.enable_grad():
                     xd = x.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(_item_loss(measurement.residual(xd), "squared"), xd)
+                    (g,) = torch.autograd.grad(item_loss(measurement.residual(xd), "squared"), xd)
                 score = score - scale * g / self.tau**2
             x = x + lr * score + math.sqrt(2 * lr) * noise_like(x)
         return x
