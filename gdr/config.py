@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
@@ -64,6 +65,10 @@ class DataConfig:
 
     def __post_init__(self):
         checks.positive("data.demo_seconds", self.demo_seconds)
+        if self.root is not None and not Path(self.root).exists():  # before any heavy import (gdr.data says more)
+            from gdr.errors import AudioFileNotFoundError
+
+            raise AudioFileNotFoundError(f"{self.root}: no such folder")
 
 
 @dataclass
@@ -102,6 +107,11 @@ class DegradationConfig:
     params: dict = field(default_factory=dict)
     seed: int = 0
 
+    def __post_init__(self):
+        from gdr.degradations import build_degradation
+
+        build_degradation({"name": self.name, **(self.params or {})})  # unknown names and bad values: one line now
+
 
 @dataclass
 class GuidanceConfig:
@@ -124,6 +134,11 @@ class GuidanceConfig:
     start_scale: Optional[float] = None
     params: dict = field(default_factory=dict)
     schedule_path: Optional[str] = None
+
+    def __post_init__(self):
+        from gdr.methods import build_guidance
+
+        build_guidance(self.name, self.params)  # unknown names and bad values: one line, before the model loads
 
 
 @dataclass
@@ -244,7 +259,7 @@ class ReportConfig:
     def __post_init__(self):
         checks.integer("report.bootstrap", self.bootstrap, low=100)
         checks.number("report.confidence", self.confidence, low=0.5, high=1, low_open=True, high_open=True)
-        from gdr.metrics import HIGHER_IS_BETTER
+        from gdr.metric_names import HIGHER_IS_BETTER
 
         for task, metric in (self.primary or {}).items():
             if metric not in HIGHER_IS_BETTER:

@@ -42,7 +42,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio, signal_noise_ratio
 
 from gdr.audio import SAMPLE_RATE, log_mel
-from gdr.speech_metrics import HIGHER_IS_BETTER as SPEECH_HIGHER_IS_BETTER
+from gdr.metric_names import HIGHER_IS_BETTER, PHASE_METRICS  # noqa: F401  (re-read by stats and evaluate)
 
 LSD_EPS = 1e-12
 # (n_fft, hop, window) per resolution: auraloss.freq.MultiResolutionSTFTLoss's defaults, passed explicitly
@@ -226,7 +226,3 @@ PER_ITEM = {
     "si_sdr": si_sdr,
     "snr": snr,
 }
-HIGHER_IS_BETTER = {"logmel_l1": False, "lsd": False, "lsd_high": False, "mrstft": False, "si_sdr": True, "snr": True,
-                    "seed_mse": False, "seed_snr": True, "seed_corr": True, **SPEECH_HIGHER_IS_BETTER}
-# Waveform metrics: blank ("") in metrics.csv and "—" in the report for rows that are not phase-coherent.
-PHASE_METRICS = ("si_sdr", "snr")

@@ -34,12 +34,9 @@ import functools
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from gdr.metric_names import DNSMOS, INTRUSIVE, SPEECH_METRICS
 
-INTRUSIVE = ("pesq_wb", "stoi", "estoi")
-DNSMOS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
-SPEECH_METRICS = (*INTRUSIVE, *DNSMOS, "plcmos")
-HIGHER_IS_BETTER = {name: True for name in SPEECH_METRICS}
+SAMPLE_RATE = 16000
 
 
 def _trim(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-from gdr.metrics import HIGHER_IS_BETTER, PHASE_METRICS
+from gdr.metric_names import HIGHER_IS_BETTER, PHASE_METRICS
 
 
 @dataclass

@@ -10,9 +10,10 @@ from gdr.cli import main_guard
 
 def main(argv=None) -> int:
     from gdr.config import parse
+
+    parser, cfg, objects = parse(argv)  # bad options and a missing data folder stop here, before Lightning loads
     from gdr.evaluate import run
 
-    parser, cfg, objects = parse(argv)
     out = run(cfg, objects, parser)
     if out is not None:  # rank 0
         print(f"results written to {out}")

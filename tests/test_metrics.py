@@ -257,3 +257,14 @@ def test_the_seeds_metrics_see_the_raw_output_and_gdrs_the_aligned_one(tmp_path)
     raw = torch.roll(x, 40)
     assert float(row["seed_mse"]) == pytest.approx(float((raw - x).pow(2).mean()), rel=1e-4)
     assert float(row["seed_corr"]) < 0.9 and float(row["snr"]) > 20  # aligned: only the wrapped 40 samples differ
+
+
+def test_every_metric_is_named_once_with_its_direction():
+    """`gdr.metric_names` (read by configs and reports without torch) names exactly what is computed."""
+    from gdr import metric_names, speech_metrics
+
+    computed = {*metrics.PER_ITEM, *metrics.SEED_METRICS, *speech_metrics.SPEECH_METRICS}
+    assert computed == set(metric_names.HIGHER_IS_BETTER)
+    assert set(metrics.PER_ITEM) == {*metric_names.SPECTRAL_METRICS, *metric_names.PHASE_METRICS}
+    assert [m for m, up in metric_names.HIGHER_IS_BETTER.items() if up] == [
+        "si_sdr", "snr", "seed_snr", "seed_corr", *metric_names.SPEECH_METRICS]

@@ -247,7 +247,7 @@ def test_two_process_ddp_equals_one_process_accumulating_the_same_two_items(tmp_
 
 @pytest.mark.parametrize("args, needle", [
     (["--config", "configs/train/lora_smoke.yaml", "--model.init_args.rank", "0"], "lora rank must be an integer >= 1"),
-    (["--config", "configs/train/schedule_smoke.yaml", "--model.init_args.lr", "-0.1"], "model.lr must be a positive"),
+    (["--config", "configs/train/schedule_smoke.yaml", "--model.init_args.lr", "-0.1"], "model.lr must be a finite number > 0"),
     (["--config", "configs/train/schedule_smoke.yaml", "--data.root", "EMPTY"], "no audio files found"),
     (["--config", "configs/train/schedule_smoke.yaml", "--model.init_args.guidance", "sdedit"], "no per-step strength"),
     (["--config", "configs/train/schedule_smoke.yaml", "--trainer.max_epochs", "lots"], "max_epochs"),

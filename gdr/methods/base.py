@@ -22,14 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from gdr.errors import ConfigError
-from gdr.measurement import Measurement
 from gdr.registry import Registry
+
+if TYPE_CHECKING:  # the methods run on any measurement; importing the model stack here would slow every start-up
+    from gdr.measurement import Measurement
 
 GUIDANCE = Registry("guidance method")
 
@@ -67,6 +69,8 @@ class Context:
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def noise_like(self, z: torch.Tensor) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
         return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
 
     def alpha_bar(self, index: int) -> float:

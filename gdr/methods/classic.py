@@ -4,13 +4,16 @@ DiffPIR, and decoder inversion (the no-prior reference). Each cites its paper in
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from gdr import checks
 from gdr.errors import ConfigError
-from gdr.measurement import Measurement
 from gdr.methods.base import GUIDANCE, EveryK, Guidance, item_loss, noised_start, require_ddim
+
+if TYPE_CHECKING:
+    from gdr.measurement import Measurement
 
 
 @GUIDANCE.register("none")

@@ -20,13 +20,16 @@ of them was run on audio); each docstring says which.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from gdr import checks
 from gdr.errors import ConfigError
-from gdr.measurement import Measurement
 from gdr.methods.base import GUIDANCE, EveryK, Guidance, item_loss
+
+if TYPE_CHECKING:
+    from gdr.measurement import Measurement
 
 
 def _require_epsilon(scheduler, method: str) -> None:
