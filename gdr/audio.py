@@ -217,6 +217,48 @@ def log_mel(waveform: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(mel, min=LOG_FLOOR)).unsqueeze(1)
 
 
+def stft_frames(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, start: int, stop: int,
+                prepare=None) -> torch.Tensor:
+    """Frames ``start .. stop - 1`` of ``torch.stft(x, n_fft, hop, window=window, center=True, pad_mode="reflect")``,
+    computed from only the samples they cover, so a long signal can be analysed block by block with memory that
+    does not grow with its length (`gdr.metrics.score`, the report's spectrograms).
+
+    Args:
+        x: ``(N,)`` waveform, ``N > n_fft // 2`` (reflect padding).
+        window: ``(win,)``, ``win <= n_fft`` (zero-padded to ``n_fft`` in the middle, as torch.stft does).
+        prepare: an elementwise map applied to the samples first (e.g. a dtype cast or clipping), on the
+            block's samples only.
+
+    Returns:
+        ``(n_fft // 2 + 1, stop - start)`` complex spectrum, equal to the whole-signal call's columns.
+    """
+    n, pad = x.shape[-1], n_fft // 2
+    a, b = start * hop, (stop - 1) * hop + n_fft  # the frames' span in the padded signal
+    if a >= pad and b - pad <= n:
+        segment = x[a - pad:b - pad]
+    else:  # at an edge: torch's reflect padding (the edge sample itself is not repeated)
+        index = (torch.arange(a, b, device=x.device) - pad).abs()
+        segment = x[torch.where(index > n - 1, 2 * (n - 1) - index, index)]
+    if prepare is not None:
+        segment = prepare(segment)
+    return torch.stft(segment, n_fft, hop, window.shape[-1], window=window, center=False, return_complex=True)
+
+
+def frame_blocks(frames: int, block: int):
+    """``(start, stop)`` pairs covering ``range(frames)`` in blocks of at most `block` frames."""
+    return [(s, min(s + block, frames)) for s in range(0, frames, block)]
+
+
+def log_mel_frames(waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Frames ``start .. stop - 1`` of ``log_mel(waveform[None])[0, 0]``: ``(stop - start, 64)``, from only the
+    samples they cover (`stft_frames`). `waveform`: ``(N,)``; ``stop <= num_frames(N)``."""
+    device = str(waveform.device)
+    spec = stft_frames(waveform, N_FFT, HOP_LENGTH, _window(waveform.dtype, device), start, stop,
+                       prepare=lambda s: torch.clamp(s, -1.0, 1.0)).abs()  # clipped first, as log_mel does
+    mel = spec.T @ _mel_filterbank(waveform.dtype, device)  # (frames, 64)
+    return torch.log(torch.clamp(mel, min=LOG_FLOOR))
+
+
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int, format: str, subtype: str) -> None:
     """Write ``(N, C)`` float64 samples (full scale 1) in `format` / `subtype` (soundfile's names), atomically.
 

@@ -42,7 +42,7 @@ from gdr.degradations import Degradation, build_degradation
 from gdr.errors import ConfigError
 from gdr.interrupt import StopSignals
 from gdr.methods import GUIDANCE, build_guidance
-from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align
+from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align, score
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.run_folder import RunFolder
 from gdr.schedulers import check_sampling, make_scheduler
@@ -292,8 +292,10 @@ class EvaluationRunner(L.LightningModule):
 
     def finish(self, item: Item, out: torch.Tensor, phase: bool, wall: float, peak: float) -> None:
         clip = self.plan.clips[item.clip]
-        reference = clip.waveform.double()
         aligned = align(out.detach().cpu(), clip.waveform)
+        # Block by block (memory flat in the length); the seed's metrics see the raw output, not the aligned one.
+        raw = out.detach().cpu()
+        scores = score(aligned, clip.waveform, seed_metrics_of=raw if self.seed_metrics else None)
         row = {"clip": item.clip, "clip_kind": clip.kind, "task": item.task, "method": item.method, "kind": item.kind,
                "guidance": item.recipe["guidance"]["name"] if item.kind == "method" else item.method,
                "scale": item.recipe["guidance"]["scale"] if item.kind == "method" else "",
@@ -302,19 +304,18 @@ class EvaluationRunner(L.LightningModule):
                "condition": condition_label(item.recipe) if uses_prior(item) else "none",
                "uses_prior": uses_prior(item),
                "seed": "" if item.seed is None else item.seed, "phase_coherent": phase}
-        for name, fn in PER_ITEM.items():
+        for name in PER_ITEM:
             if name in PHASE_METRICS and not phase:
                 row[name] = ""  # a waveform metric of a phase-free output would read like a score: blank
                 continue
-            row[name] = round(float(fn(aligned[None].double(), reference[None])[0]), 6)
+            row[name] = round(scores[name], 6)
         # Speech metrics only where they mean something (speech clips; PLCMOS on gaps): absent elsewhere.
         names = applicable(clip.kind, item.recipe["degradation"])
         for name, value in speech_scores(out.detach().cpu(), aligned, clip.waveform, names).items():
             row[name] = round(value, 6) if math.isfinite(value) else ""  # NaN: PESQ found no speech in the output
         if self.seed_metrics:  # the seed's own numbers: the raw output, not aligned, against the input
-            raw = out.detach().cpu()[None].double()
-            for name, fn in SEED_METRICS.items():
-                row[name] = round(float(fn(raw, reference[None])[0]), 6)
+            for name in SEED_METRICS:
+                row[name] = round(scores[name], 6)
         row.update(wall_s=round(wall, 3), peak_mem_mb=round(peak, 1), key=item.key)
         wav = self.folder.output_wav(item.clip, item.task, item.output)
         write_wav(wav, out)

@@ -36,6 +36,7 @@ reference first (`align`: integer lag, polarity kept, then the reference's lengt
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torchmetrics import Metric
@@ -166,7 +167,28 @@ def snr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return signal_noise_ratio(pred, target)
 
 
-def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr: float = 0.2) -> torch.Tensor:
+def _lag_correlation(pred: torch.Tensor, target: torch.Tensor, max_lag: int, block: int) -> torch.Tensor:
+    """``c[lag + max_lag] = sum_n target[n + lag] pred[n]`` for ``lag`` in ``[-max_lag, max_lag]`` (samples outside
+    either signal count as 0), in float64, one block of `pred` at a time: memory O(block), not O(N)."""
+    out = torch.zeros(2 * max_lag + 1, dtype=torch.float64)
+    n_t = target.shape[-1]
+    for s in range(0, pred.shape[-1], block):
+        p = pred[s:s + block].double()
+        lo, hi = s - max_lag, s + p.shape[-1] + max_lag  # the target samples this block can meet
+        t = torch.zeros(hi - lo, dtype=torch.float64)
+        t[max(0, -lo):max(0, -lo) + max(0, min(hi, n_t) - max(lo, 0))] = target[max(lo, 0):min(hi, n_t)].double()
+        size = 1 << (t.shape[-1] + p.shape[-1]).bit_length()
+        full = torch.fft.irfft(torch.fft.rfft(t, size) * torch.fft.rfft(p, size).conj(), size)
+        out += full[: 2 * max_lag + 1]
+    return out
+
+
+def _sum_squares(x: torch.Tensor, block: int) -> float:
+    return float(sum(x[s:s + block].double().pow(2).sum() for s in range(0, x.shape[-1], block)))
+
+
+def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr: float = 0.2,
+          block: int = 1 << 16) -> torch.Tensor:
     """Shift ``pred`` ``(N',)`` by an integer lag, then trim or zero-pad it to the length ``N`` of ``target`` ``(N,)``.
 
     Rule: the lag in ``[-max_lag, max_lag]`` that maximises the *absolute* normalised cross-correlation
@@ -175,18 +197,117 @@ def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr
     rule polarity-safe: for an inverted copy the signed correlation is most negative at the true lag,
     and its largest positive value sits at a wrong lag (half a period away for tonal audio). The sign is
     never flipped: an inverted output stays inverted, so waveform metrics see it (SNR of ``-x`` against
-    ``x`` is -6 dB, not perfect). Returns ``(N,)`` in the dtype of `pred`.
+    ``x`` is -6 dB, not perfect). The correlation is computed `block` samples at a time, so memory stays flat
+    for long audio. Returns ``(N,)`` in the dtype of `pred`.
     """
     n = target.shape[-1]
-    p, t = pred.double(), target.double()
-    size = 1 << (p.shape[-1] + n).bit_length()
-    corr = torch.fft.irfft(torch.fft.rfft(t, size) * torch.fft.rfft(p, size).conj(), size)
-    lags = torch.cat([torch.arange(0, max_lag + 1), torch.arange(-max_lag, 0)])
-    values = corr[lags % size].abs() / (p.norm() * t.norm()).clamp_min(1e-12)
+    corr = _lag_correlation(pred, target, max_lag, block)
+    values = corr.abs() / max((_sum_squares(pred, block) * _sum_squares(target, block)) ** 0.5, 1e-12)
     best = int(values.argmax())
-    lag = int(lags[best]) if values[best] > min_corr else 0
-    shifted = torch.roll(torch.nn.functional.pad(pred, (max_lag, max_lag)), lag)[max_lag:max_lag + pred.shape[-1]]
-    return torch.nn.functional.pad(shifted, (0, max(0, n - shifted.shape[-1])))[:n]
+    lag = best - max_lag if values[best] > min_corr else 0
+    out = torch.zeros(n, dtype=pred.dtype)
+    # out[m] = pred[m - lag] where both exist
+    lo, hi = max(0, lag), min(n, pred.shape[-1] + lag)
+    if hi > lo:
+        out[lo:hi] = pred[lo - lag:hi - lag]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ streaming scores
+BLOCK_FRAMES = 512  # STFT frames per block in `score` (5 s of audio at a 10 ms hop; ~30 MB of spectra)
+
+
+def _frame_sums(pred: torch.Tensor, target: torch.Tensor, n_fft: int, hop: int, win: int, block: int):
+    """Yield ``(S_hat, S)`` magnitude blocks ``(n_fft // 2 + 1, frames)`` in float64 of the centred STFTs."""
+    from gdr.audio import frame_blocks, stft_frames
+
+    window = torch.hann_window(win, dtype=torch.float64)
+    frames = 1 + (pred.shape[-1] + 2 * (n_fft // 2) - n_fft) // hop  # torch.stft's count (odd n_fft: one fewer)
+    for start, stop in frame_blocks(frames, block):
+        yield (stft_frames(pred, n_fft, hop, window, start, stop, prepare=torch.Tensor.double).abs(),
+               stft_frames(target, n_fft, hop, window, start, stop, prepare=torch.Tensor.double).abs())
+
+
+@torch.no_grad()
+def score(pred: torch.Tensor, target: torch.Tensor, *, seed_metrics_of: torch.Tensor | None = None,
+          block_frames: int = BLOCK_FRAMES) -> dict[str, float]:
+    """Every `PER_ITEM` metric of one output, computed block by block: memory does not grow with the length.
+
+    Args:
+        pred: ``(N',)`` output, already aligned (`align`); target: ``(N,)`` clean reference, 16 kHz.
+        seed_metrics_of: the raw (unaligned) output ``(N'',)``; when given, the seed's metrics
+            (`SEED_METRICS`) of it are added.
+
+    Each value equals ``PER_ITEM[name](pred[None].double(), target[None].double())[0]`` (and the seed's functions)
+    up to float64 summation order: every metric here is a sum over STFT frames, mel cells or samples, so the
+    sums of blocks are the whole sums (``tests/test_metrics.py`` checks this against the whole-signal functions,
+    which are checked against librosa, auraloss and torchmetrics).
+    """
+    from gdr.audio import frame_blocks, log_mel_frames, num_frames
+
+    pred, target = _trim(pred, target)
+    out: dict[str, float] = {}
+    # log-mel L1: mean over the (frames, 64) cells AudioLDM2 keeps.
+    total, count = 0.0, 0
+    for start, stop in frame_blocks(num_frames(pred.shape[-1]), block_frames):
+        diff = log_mel_frames(pred.double(), start, stop) - log_mel_frames(target.double(), start, stop)
+        total, count = total + float(diff.abs().sum()), count + diff.numel()
+    out["logmel_l1"] = total / count
+    # LSD (full band and >= 4 kHz): mean over frames of the per-frame RMS log ratio.
+    n_fft, hop = int(2048 * SAMPLE_RATE / 44100), int(SAMPLE_RATE / 100)
+    high = torch.arange(n_fft // 2 + 1) * SAMPLE_RATE / n_fft >= 4000.0
+    sums, frames = [0.0, 0.0], 0
+    for s_hat, s in _frame_sums(pred, target, n_fft, hop, n_fft, block_frames):
+        log_ratio2 = (2 * torch.log10((s + LSD_EPS) / (s_hat + LSD_EPS))) ** 2
+        sums[0] += float(log_ratio2.mean(dim=0).sqrt().sum())
+        sums[1] += float(log_ratio2[high].mean(dim=0).sqrt().sum())
+        frames += s.shape[1]
+    out["lsd"], out["lsd_high"] = sums[0] / frames, sums[1] / frames
+    # MR-STFT (auraloss's definition): per resolution, spectral convergence + mean |log magnitude difference|.
+    per_resolution = []
+    for n_fft, hop, win in MRSTFT_RESOLUTIONS:
+        diff2 = ref2 = log_l1 = 0.0
+        cells = 0
+        for s_hat, s in _frame_sums(pred, target, n_fft, hop, win, block_frames):
+            s_hat, s = s_hat.pow(2).clamp_min(1e-8).sqrt(), s.pow(2).clamp_min(1e-8).sqrt()  # auraloss's floor
+            diff2 += float((s - s_hat).pow(2).sum())
+            ref2 += float(s.pow(2).sum())
+            log_l1 += float((s_hat.log() - s.log()).abs().sum())
+            cells += s.numel()
+        per_resolution.append((diff2 / ref2) ** 0.5 + log_l1 / cells)
+    out["mrstft"] = sum(per_resolution) / len(per_resolution)
+    # SNR and zero-mean SI-SDR from sums over samples.
+    sums = _sample_sums(pred, target)
+    n = pred.shape[-1]
+    eps = torch.finfo(torch.float64).eps  # torchmetrics' own
+    out["snr"] = 10 * math.log10((sums["tt"] + eps) / (sums["dd"] + eps))
+    cpt = sums["pt"] - sums["p"] * sums["t"] / n
+    ctt, cpp = sums["tt"] - sums["t"] ** 2 / n, sums["pp"] - sums["p"] ** 2 / n
+    alpha = (cpt + eps) / (ctt + eps)
+    signal = alpha**2 * ctt  # |alpha t|^2 of the centred signals
+    noise = cpp - 2 * alpha * cpt + alpha**2 * ctt  # |p - alpha t|^2
+    out["si_sdr"] = 10 * math.log10((signal + eps) / (max(noise, 0.0) + eps))
+    if seed_metrics_of is not None:
+        raw, ref = _trim(seed_metrics_of, target)
+        s2 = _sample_sums(raw, ref)
+        m = raw.shape[-1]
+        out["seed_mse"] = s2["dd"] / m
+        out["seed_snr"] = 10 * math.log10(s2["tt"] / max(s2["dd"], 1e-20))
+        cov = s2["pt"] - s2["p"] * s2["t"] / m
+        var_p, var_t = s2["pp"] - s2["p"] ** 2 / m, s2["tt"] - s2["t"] ** 2 / m
+        out["seed_corr"] = cov / max(math.sqrt(max(var_p, 0.0) * max(var_t, 0.0)), 1e-20)
+    return out
+
+
+def _sample_sums(pred: torch.Tensor, target: torch.Tensor, block: int = 1 << 18) -> dict[str, float]:
+    """Float64 sums over samples: p, t, p^2, t^2, p t and (p - t)^2, a block at a time."""
+    sums = dict.fromkeys(("p", "t", "pp", "tt", "pt", "dd"), 0.0)
+    for s in range(0, pred.shape[-1], block):
+        p, t = pred[s:s + block].double(), target[s:s + block].double()
+        for key, value in (("p", p.sum()), ("t", t.sum()), ("pp", p @ p), ("tt", t @ t), ("pt", p @ t),
+                           ("dd", (p - t) @ (p - t))):
+            sums[key] += float(value)
+    return sums
 
 
 # ------------------------------------------------------------------------------------------ the seed's metrics

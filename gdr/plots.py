@@ -153,7 +153,9 @@ def spectrogram_png(audio: np.ndarray, canvas: SpectrogramCanvas | None = None) 
     None)."""
     import torch
 
-    from gdr.audio import SAMPLE_RATE, log_mel
+    from gdr.audio import SAMPLE_RATE, frame_blocks, log_mel_frames, num_frames
 
-    mel = log_mel(torch.as_tensor(np.asarray(audio, dtype=np.float32))[None])[0, 0].T.numpy()  # (64, frames)
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+    # Block by block: the whole-signal STFT of a 10 min file would take ~0.5 GB for one small picture.
+    mel = torch.cat([log_mel_frames(x, a, b) for a, b in frame_blocks(num_frames(len(x)), 4096)]).T.numpy()
     return (canvas or SpectrogramCanvas()).png(mel, len(audio) / SAMPLE_RATE)

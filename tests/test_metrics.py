@@ -268,3 +268,72 @@ def test_every_metric_is_named_once_with_its_direction():
     assert set(metrics.PER_ITEM) == {*metric_names.SPECTRAL_METRICS, *metric_names.PHASE_METRICS}
     assert [m for m, up in metric_names.HIGHER_IS_BETTER.items() if up] == [
         "si_sdr", "snr", "seed_snr", "seed_corr", *metric_names.SPEECH_METRICS]
+
+
+# ------------------------------------------------- long audio: the same numbers, block by block
+def test_stft_frames_are_the_whole_signal_stfts_columns():
+    from gdr.audio import stft_frames
+
+    x = torch.randn(5003, dtype=torch.float64)
+    for n_fft, hop, win in ((1024, 160, 1024), (743, 160, 743), (2048, 240, 1200), (512, 50, 240)):
+        window = torch.hann_window(win, dtype=torch.float64)
+        whole = torch.stft(x, n_fft, hop, win, window=window, center=True, pad_mode="reflect", return_complex=True)
+        frames = whole.shape[1]
+        for start, stop in ((0, 1), (0, 3), (2, frames - 2), (frames - 3, frames), (0, frames)):
+            torch.testing.assert_close(stft_frames(x, n_fft, hop, window, start, stop), whole[:, start:stop],
+                                       rtol=1e-9, atol=1e-9)
+
+
+def test_log_mel_frames_are_log_mels_rows():
+    from gdr.audio import log_mel, log_mel_frames
+
+    x = 1.5 * torch.randn(7777, dtype=torch.float64).clamp(-2, 2)  # beyond full scale: clipped as log_mel does
+    whole = log_mel(x[None])[0, 0]
+    for start, stop in ((0, 5), (5, 30), (40, whole.shape[0])):
+        torch.testing.assert_close(log_mel_frames(x, start, stop), whole[start:stop], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_pred", [16000 * 3 + 77, 16000 * 3 - 501])
+def test_streaming_score_equals_the_whole_signal_metrics(n_pred):
+    """`metrics.score` (blocks of 7 frames here, so every metric crosses many block edges) equals the
+    whole-signal functions, which the tests above hold to librosa, auraloss and torchmetrics."""
+    gen = torch.Generator().manual_seed(0)
+    target = (0.5 * torch.sin(torch.arange(48000) * 0.05) + 0.05 * torch.randn(48000, generator=gen)).float()
+    pred = (0.9 * target[:n_pred] if n_pred <= 48000 else torch.cat([0.9 * target, torch.zeros(n_pred - 48000)]))
+    pred = pred + 0.02 * torch.randn(n_pred, generator=gen)
+    raw = pred.roll(3)
+    got = metrics.score(pred, target, seed_metrics_of=raw, block_frames=7)
+    for name, fn in metrics.PER_ITEM.items():
+        want = float(fn(pred[None].double(), target[None].double())[0])
+        assert got[name] == pytest.approx(want, rel=1e-7, abs=1e-9), name
+    for name, fn in metrics.SEED_METRICS.items():
+        want = float(fn(raw[None].double(), target[None].double())[0])
+        assert got[name] == pytest.approx(want, rel=1e-7, abs=1e-9), name
+
+
+def _align_whole_fft(pred, target, max_lag=800, min_corr=0.2):
+    """The whole-signal FFT rule (gdr's earlier align), as an independent reference."""
+    n = target.shape[-1]
+    p, t = pred.double(), target.double()
+    size = 1 << (p.shape[-1] + n).bit_length()
+    corr = torch.fft.irfft(torch.fft.rfft(t, size) * torch.fft.rfft(p, size).conj(), size)
+    lags = torch.cat([torch.arange(0, max_lag + 1), torch.arange(-max_lag, 0)])
+    values = corr[lags % size].abs() / (p.norm() * t.norm()).clamp_min(1e-12)
+    best = int(values.argmax())
+    lag = int(lags[best]) if values[best] > min_corr else 0
+    out = torch.zeros(n, dtype=pred.dtype)  # out[m] = pred[m - lag] wherever both exist
+    for m in range(n):
+        if 0 <= m - lag < pred.shape[-1]:
+            out[m] = pred[m - lag]
+    return out
+
+
+@pytest.mark.parametrize("lag", [0, 37, -123, 799, -800])
+@pytest.mark.parametrize("length_change", [0, 500, -700])
+def test_blocked_alignment_equals_the_whole_signal_fft(lag, length_change):
+    gen = torch.Generator().manual_seed(abs(lag) + length_change)
+    target = torch.randn(20000, generator=gen)
+    pred = -torch.roll(target, lag)[: 20000 + length_change] if length_change <= 0 else \
+        torch.cat([-torch.roll(target, lag), torch.randn(length_change, generator=gen)])
+    got = metrics.align(pred, target, block=1000)
+    torch.testing.assert_close(got, _align_whole_fft(pred, target), rtol=0, atol=0)
