@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gdr import checks
 from gdr.audio import HOP_LENGTH, LOG_FLOOR, log_mel
 from gdr.condition_cache import load_null_condition
-from gdr.conditioning import Condition, Conditioning, NullConditionKind
-from gdr.errors import ConfigError, ModelNotFoundError
+from gdr.conditioning import NULL_KINDS, Condition, Conditioning, NullConditionKind
+from gdr.errors import ModelNotFoundError
 from gdr.hub import DEFAULT_MODEL, first_line, how_to_get, resolve_model_folder
 
 
@@ -92,10 +93,8 @@ class AudioLDM2(nn.Module):
         from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
         from transformers import SpeechT5HifiGan
 
-        if null_condition not in ("original", "diffusers"):
-            raise ConfigError(f"null_condition must be 'original' or 'diffusers', got {null_condition!r}")
-        if attention not in ("sdpa", "eager"):
-            raise ConfigError(f"model.attention must be 'sdpa' or 'eager', got {attention!r}")
+        checks.choice("null_condition", null_condition, NULL_KINDS)
+        checks.choice("model.attention", attention, ("sdpa", "eager"))
         _quiet_hf()
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         source = str(resolve_model_folder(str(pretrained), cache_dir, variant))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from gdr import checks
 from gdr.conditioning import Condition, Conditioning, ConditionSpec, NullConditionKind
-from gdr.errors import ConfigError, ModelNotFoundError
+from gdr.errors import ModelNotFoundError
 from gdr.hub import WEIGHTED, how_to_get, weight_files
 from gdr.text_stack import TEXT_STACK, TextStack, check_audio_branch
 
@@ -93,8 +94,7 @@ def load_null_condition(source: str | Path, kind: NullConditionKind, cache_dir: 
     The cache key is the folder and kind; a cached entry is reused unless the text-stack files it was
     computed from are present and changed (a folder whose text encoders were deleted keeps working).
     """
-    if kind not in NEEDS:
-        raise ConfigError(f"null_condition must be 'original' or 'diffusers', got {kind!r}")
+    checks.choice("null_condition", kind, NEEDS)
     folder = Path(source)
     key = hashlib.sha256(f"{folder}|{kind}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / "null_condition" / f"{key}.safetensors"

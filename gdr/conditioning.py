@@ -26,12 +26,12 @@ Null conditions (``kind``):
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from gdr import checks
 from gdr.errors import ConfigError
 
 NullConditionKind = Literal["original", "diffusers"]
@@ -93,8 +93,7 @@ class Conditioning:
     cfg_scale: float = 1.0
 
     def __post_init__(self):
-        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
-            raise ConfigError(f"condition.cfg_scale must be a finite number >= 0, got {self.cfg_scale!r}")
+        checks.number("condition.cfg_scale", self.cfg_scale, low=0)
         if self.cfg_scale != 1.0 and self.uncond is None:
             raise ConfigError("classifier-free guidance (cfg_scale != 1) needs an unconditional branch")
         if self.uncond is not None:  # both branches of one batch need one T5 length
@@ -151,13 +150,9 @@ class ConditionSpec:
         for name in ("text", "negative_text"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"condition.{name} must be a string, got {getattr(self, name)!r}")
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) \
-                or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
-            raise ConfigError(f"condition.cfg_scale must be a finite number >= 0 (1 = no CFG), got {self.cfg_scale!r}")
-        if self.audio not in AUDIO_SOURCES:
-            raise ConfigError(f"condition.audio must be one of {', '.join(AUDIO_SOURCES)}, got {self.audio!r}")
-        if self.unconditional not in NULL_KINDS:
-            raise ConfigError(f"condition.unconditional must be 'original' or 'diffusers', got {self.unconditional!r}")
+        checks.number("condition.cfg_scale", self.cfg_scale, low=0)  # 1 = no CFG
+        checks.choice("condition.audio", self.audio, AUDIO_SOURCES)
+        checks.choice("condition.unconditional", self.unconditional, NULL_KINDS)
         if self.cfg_scale != 1 and not self.conditioned:
             raise ConfigError(f"condition.cfg_scale={self.cfg_scale:g} has nothing to guide towards: the prompt is "
                               "empty and condition.audio is none (set condition.text or condition.audio: measurement)")

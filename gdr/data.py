@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from gdr import checks
 from gdr.audio import SAMPLE_RATE, MonoMode, load_audio, prepare_waveform
 from gdr.errors import AudioFileNotFoundError, ConfigError
 
@@ -122,8 +123,7 @@ def demo_clips(seconds: float = 6.0, seed: int = 0) -> list[Clip]:
     thumps), ``chirp`` (100 Hz -> 7 kHz exponential sweep), ``noise_bursts`` (band-limited noise
     bursts in silence). Deterministic for a given `seed`.
     """
-    if not 0.1 <= seconds <= 600:
-        raise ConfigError(f"demo clip length must be in [0.1, 600] s, got {seconds}")
+    checks.number("demo clip length (s)", seconds, low=0.1, high=600)
     rng = np.random.default_rng(seed)
     n = int(round(seconds * SAMPLE_RATE))
     t = np.arange(n) / SAMPLE_RATE

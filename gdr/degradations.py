@@ -91,8 +91,7 @@ class AdditiveNoise(Degradation):
     def __init__(self, snr_db: float = 10.0, color: str = "white"):
         super().__init__()
         checks.number("noise.snr_db", snr_db, low=-30.0, high=80.0)
-        if color not in ("white", "pink"):
-            raise ConfigError(f"noise.color must be 'white' or 'pink', got {color!r}")
+        checks.choice("noise.color", color, ("white", "pink"))
         self.snr_db, self.color = float(snr_db), color
 
     def measure(self, x, generator=None):
@@ -184,8 +183,7 @@ class Gaps(Degradation):
         super().__init__()
         self.spans = None if spans is None else _check_spans(spans)
         checks.number("gaps.length_ms", length_ms, low=0.0, high=60_000.0, low_open=True)
-        if not isinstance(count, int) or count < 1:
-            raise ConfigError(f"gaps.count must be an integer >= 1, got {count!r}")
+        checks.integer("gaps.count", count, low=1)
         self.length_ms, self.count, self.seed = float(length_ms), count, int(seed)
         self.fixed_mask: torch.Tensor | None = None  # set by `localize` for one chunk
 

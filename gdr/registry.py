@@ -31,7 +31,7 @@ class Registry(dict):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}")
         return self[name]
 
-    def build(self, name: str, **kwargs: Any):
+    def build(self, name: str, /, **kwargs: Any):  # positional-only: a factory may take a `name` of its own
         """Instantiate `name` with `kwargs`.
 
         An unknown name, or parameters the factory does not take, raise a one-line `ConfigError` before the

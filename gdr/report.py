@@ -33,10 +33,10 @@ from gdr import listening, plots
 from gdr.atomic import atomic_path, write_text
 from gdr.errors import GdrWarning
 from gdr.listening import Listening
+from gdr.metric_names import SPEECH_METRICS
 from gdr.metrics import PHASE_METRICS, SEED_METRICS
 from gdr.plots import Png
 from gdr.run_folder import RunFolder
-from gdr.speech_metrics import SPEECH_METRICS
 from gdr.stats import CORRECTIONS, Comparison, best_baseline, compare, correct, metric_value
 
 PRIMARY = "lsd"

@@ -120,10 +120,8 @@ class _Learner(L.LightningModule):
         super().__init__()
         checks.positive("model.lr", lr)
         checks.integer("model.steps", steps, low=1)
-        if not isinstance(grad_steps, int) or not 1 <= grad_steps <= steps:
-            raise ConfigError(f"model.grad_steps must be an integer in [1, steps={steps}], got {grad_steps!r}")
-        if not 0 <= ema_decay < 1:
-            raise ConfigError(f"model.ema_decay must be in [0, 1), got {ema_decay!r}")
+        checks.integer("model.grad_steps", grad_steps, low=1, high=steps)
+        checks.number("model.ema_decay", ema_decay, low=0, high=1, high_open=True)
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints hold only what is trained (see on_save_checkpoint)
         self.backbone = AudioLDM2.from_pretrained(pretrained, cache_dir=cache_dir)
@@ -204,10 +202,8 @@ class _Learner(L.LightningModule):
             self._swap_ema()
 
 
-class ScheduleLearner(_Learner):
-    """Learn the per-step guidance strength of one method (see the module docstring).
-
-    Args:
+# The options both learners share, as `--help` shows them (jsonargparse reads each class's Args section).
+_LEARNER_ARGS = """\
         pretrained: Model id or folder (gdr-tiny for smoke runs).
         guidance: The guidance method, any registered method with a per-step strength (dps, latent_pull, ...).
         guidance_params: The method's own options, e.g. {every: 2}.
@@ -220,7 +216,14 @@ class ScheduleLearner(_Learner):
         cache_dir: Where the tiny model and cached conditions live (null = $GDR_CACHE, else ~/.cache/gdr).
         checkpointing: Recompute the UNet in the backward pass (activation checkpointing: less memory).
         seed_offset: Added to every seed of the run (noise, timesteps), an integer.
-        init_scale: Initial strength at every step, a finite number > 0.
+"""
+
+
+class ScheduleLearner(_Learner):
+    __doc__ = f"""Learn the per-step guidance strength of one method (see the module docstring).
+
+    Args:
+{_LEARNER_ARGS}        init_scale: Initial strength at every step, a finite number > 0.
     """
 
     def __init__(self, pretrained: str = "gdr-tiny", guidance: str = "dps", guidance_params: dict | None = None,
@@ -251,7 +254,7 @@ class ScheduleLearner(_Learner):
 
 
 class LoraAdapterLearner(_Learner):
-    """LoRA on the UNet (rank, alpha, target modules), trained on the data's clean latents.
+    __doc__ = f"""LoRA on the UNet (rank, alpha, target modules), trained on the data's clean latents.
 
     ``objective="eps"``: ``|eps_theta(z_t, t) - eps|^2`` with ``z_t`` the forward noising of ``E(M(x))``;
     ``objective="guided"``: the restoration loss through the guided sampler (schedule fixed at ``scale``).
@@ -262,19 +265,7 @@ class LoraAdapterLearner(_Learner):
         target_modules: UNet module names that get adapters (null = the attention projections).
         objective: eps (denoising loss on clean latents) or guided (restoration loss through the sampler).
         scale: The guidance strength at every step for the guided objective, a finite number >= 0.
-        pretrained: Model id or folder (gdr-tiny for smoke runs).
-        guidance: The guidance method, any registered method with a per-step strength (dps, latent_pull, ...).
-        guidance_params: The method's own options, e.g. {every: 2}.
-        degradation: The task, {name: ..., <params>} (linked to the data module's).
-        steps: Sampling steps, an integer >= 1.
-        grad_steps: Steps kept in the autograd graph (truncated backprop), an integer in [1, steps].
-        lr: Adam learning rate, a finite number > 0.
-        ema_decay: Decay of the exponential moving average of the learned weights, in [0, 1) (0 = off).
-        export_dir: Where the learned file is written at the end of fit.
-        cache_dir: Where the tiny model and cached conditions live (null = $GDR_CACHE, else ~/.cache/gdr).
-        checkpointing: Recompute the UNet in the backward pass (activation checkpointing: less memory).
-        seed_offset: Added to every seed of the run (noise, timesteps), an integer.
-    """
+{_LEARNER_ARGS}    """
 
     def __init__(self, pretrained: str = "gdr-tiny", rank: int = 4, alpha: float = 4.0,
                  target_modules: list[str] | None = None, objective: str = "eps", guidance: str = "dps",
@@ -282,8 +273,7 @@ class LoraAdapterLearner(_Learner):
                  steps: int = 10, grad_steps: int = 2, lr: float = 1e-3, ema_decay: float = 0.0,
                  export_dir: str = "outputs/train/lora", cache_dir: str | None = None, checkpointing: bool = True,
                  seed_offset: int = 0):
-        if objective not in ("eps", "guided"):
-            raise ConfigError(f"model.objective must be 'eps' or 'guided', got {objective!r}")
+        checks.choice("model.objective", objective, ("eps", "guided"))
         super().__init__(pretrained, guidance, guidance_params, steps, grad_steps, lr, ema_decay, export_dir,
                          cache_dir, checkpointing)
         from gdr.adapters import DEFAULT_LORA_TARGETS

@@ -11,9 +11,9 @@ import io
 import os
 
 from gdr.audio import SAMPLE_RATE
+from gdr.metric_names import SPEECH_METRICS
 from gdr.metrics import PER_ITEM
 from gdr.run_folder import RunFolder
-from gdr.speech_metrics import SPEECH_METRICS
 from gdr.stats import metric_value
 
 

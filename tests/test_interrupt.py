@@ -54,7 +54,8 @@ def _records(out: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_evaluate_stops_on_a_signal_and_a_rerun_resumes(tmp_path, tiny_dir, sig):
     out = tmp_path / "out"
     proc = _evaluate(out)
@@ -88,6 +89,7 @@ def _train(root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_train_stops_on_sigterm_with_a_checkpoint_and_resumes(tmp_path, tiny_dir):
     import re
 

@@ -126,6 +126,7 @@ def test_a_run_on_clips_named_like_markup_reports_them_as_text(tmp_path, tiny_di
     _assert_names_are_text((out / "report.html").read_text(), (out / "report.md").read_text())
 
 
+@pytest.mark.slow
 def test_templates_ship_in_the_wheel_and_render_from_the_installed_package(tmp_path):
     """A (non-editable) wheel built from the sources holds the templates, and the report renders from the unpacked
     wheel: PackageLoader finds them inside the installed package, not in the source tree."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from gdr import checks
 from gdr.errors import ConfigError
 from gdr.registry import Registry
 
@@ -152,9 +153,7 @@ class EveryK(Guidance):
 
     def __init__(self, every: int = 1):
         super().__init__()
-        if not isinstance(every, int) or every < 1:
-            raise ConfigError(f"guidance.every must be an integer >= 1, got {every!r}")
-        self.every = every
+        self.every = checks.integer("guidance.every", every, low=1)
 
     def active(self, i: int, n: int) -> bool:
         return (n - 1 - i) % self.every == 0

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from gdr import checks
-from gdr.errors import ConfigError
 from gdr.methods.base import GUIDANCE, EveryK, Guidance, item_loss, noised_start, require_ddim
 
 if TYPE_CHECKING:
@@ -42,8 +41,7 @@ class Seed(Guidance):
 
     def __init__(self, on: str = "prev_sample"):
         super().__init__()
-        if on not in ("prev_sample", "denoised"):
-            raise ConfigError(f"seed.on must be 'prev_sample' or 'denoised', got {on!r}")
+        checks.choice("seed.on", on, ("prev_sample", "denoised"))
         self.on = on
 
     def validate(self, degradation, scheduler):
@@ -72,8 +70,7 @@ class LatentPull(Guidance):
 
     def __init__(self, start: str = "noise", strength: float = 0.5, masked: bool = False):
         super().__init__()
-        if start not in ("target", "noise"):
-            raise ConfigError(f"latent_pull.start must be 'target' or 'noise', got {start!r}")
+        checks.choice("latent_pull.start", start, ("target", "noise"))
         self.start_from, self.masked = start, masked
         self.needs_mask = bool(masked)  # only the masked variant reads the latent mask
         self.strength = checks.number("latent_pull.strength", strength, low=0, high=1)
@@ -131,8 +128,7 @@ class _DataGradient(EveryK):
 
     def __init__(self, loss: str = "norm", every: int = 1):
         super().__init__(every)
-        if loss not in ("norm", "squared"):
-            raise ConfigError(f"{type(self).__name__.lower()}.loss must be 'norm' or 'squared', got {loss!r}")
+        checks.choice(f"{type(self).__name__.lower()}.loss", loss, ("norm", "squared"))
         self.loss = loss
 
 
@@ -191,12 +187,9 @@ class DiffPIR(EveryK):
                  every: int = 1):
         super().__init__(every)
         for name, v in (("lam", lam), ("sigma", sigma), ("lr", lr)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"diffpir.{name} must be a positive number, got {v!r}")
-        if not 0 <= zeta <= 1:
-            raise ConfigError(f"diffpir.zeta must be in [0, 1], got {zeta!r}")
-        if not isinstance(iters, int) or iters < 1:
-            raise ConfigError(f"diffpir.iters must be an integer >= 1, got {iters!r}")
+            checks.positive(f"diffpir.{name}", v)
+        checks.number("diffpir.zeta", zeta, low=0, high=1)
+        checks.integer("diffpir.iters", iters, low=1)
         self.lam, self.sigma, self.zeta, self.iters, self.lr = float(lam), float(sigma), float(zeta), iters, float(lr)
 
     def data_step(self, z0_hat: torch.Tensor, measurement: Measurement, weight, rho: float) -> torch.Tensor:
@@ -248,10 +241,9 @@ class DecoderInversion(Guidance):
 
     def __init__(self, iters: int | None = None, lr: float = 0.05):
         super().__init__()
-        if iters is not None and (not isinstance(iters, int) or iters < 1):
-            raise ConfigError(f"decoder_inversion.iters must be an integer >= 1, got {iters!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"decoder_inversion.lr must be a positive number, got {lr!r}")
+        if iters is not None:
+            checks.integer("decoder_inversion.iters", iters, low=1)
+        checks.positive("decoder_inversion.lr", lr)
         self.iters, self.lr = iters, float(lr)
 
     def start(self, ctx):

@@ -73,8 +73,7 @@ class PSLD(EveryK):
         self.gamma = checks.number("psld.gamma", gamma, low=0)
         if self.omega == 0 and self.gamma == 0:
             raise ConfigError("psld.omega and psld.gamma are both 0: nothing would guide the sampler")
-        if loss not in ("norm", "squared"):
-            raise ConfigError(f"psld.loss must be 'norm' or 'squared', got {loss!r}")
+        checks.choice("psld.loss", loss, ("norm", "squared"))
         self.loss = loss
 
     def wants_unet_grad(self, i, n):
@@ -140,8 +139,7 @@ class ReSample(EveryK):
         self.iters = checks.integer("resample.iters", iters, low=1)
         self.lr = checks.positive("resample.lr", lr)
         self.tol = checks.number("resample.tol", tol, low=0)
-        if not isinstance(pixel_stage, bool):
-            raise ConfigError(f"resample.pixel_stage must be true or false, got {pixel_stage!r}")
+        checks.choice("resample.pixel_stage", pixel_stage, (True, False))
         self.pixel_stage = pixel_stage
         self.travel = checks.integer("resample.travel", travel, low=0)
 
@@ -257,9 +255,7 @@ class DAPS(Guidance):
         self.langevin_steps = checks.integer("daps.langevin_steps", langevin_steps, low=1)
         self.lr = checks.positive("daps.lr", lr)
         self.tau = checks.positive("daps.tau", tau)
-        self.lr_min_ratio = checks.positive("daps.lr_min_ratio", lr_min_ratio)
-        if self.lr_min_ratio > 1:
-            raise ConfigError(f"daps.lr_min_ratio must be in (0, 1], got {lr_min_ratio!r}")
+        self.lr_min_ratio = checks.number("daps.lr_min_ratio", lr_min_ratio, low=0, high=1, low_open=True)
         self.rho = checks.positive("daps.rho", rho)
 
     def validate(self, degradation, scheduler):
