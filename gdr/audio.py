@@ -249,13 +249,14 @@ def frame_blocks(frames: int, block: int):
     return [(s, min(s + block, frames)) for s in range(0, frames, block)]
 
 
-def log_mel_frames(waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Frames ``start .. stop - 1`` of ``log_mel(waveform[None])[0, 0]``: ``(stop - start, 64)``, from only the
-    samples they cover (`stft_frames`). `waveform`: ``(N,)``; ``stop <= num_frames(N)``."""
-    device = str(waveform.device)
-    spec = stft_frames(waveform, N_FFT, HOP_LENGTH, _window(waveform.dtype, device), start, stop,
-                       prepare=lambda s: torch.clamp(s, -1.0, 1.0)).abs()  # clipped first, as log_mel does
-    mel = spec.T @ _mel_filterbank(waveform.dtype, device)  # (frames, 64)
+def log_mel_frames(waveform: torch.Tensor, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Frames ``start .. stop - 1`` of ``log_mel(waveform[None].to(dtype))[0, 0]``: ``(stop - start, 64)``, from
+    only the samples they cover (`stft_frames`; only they are cast to `dtype`, default the waveform's).
+    `waveform`: ``(N,)``; ``stop <= num_frames(N)``."""
+    device, dtype = str(waveform.device), dtype or waveform.dtype
+    spec = stft_frames(waveform, N_FFT, HOP_LENGTH, _window(dtype, device), start, stop,
+                       prepare=lambda s: torch.clamp(s.to(dtype), -1.0, 1.0)).abs()  # clipped first, as log_mel
+    mel = spec.T @ _mel_filterbank(dtype, device)  # (frames, 64)
     return torch.log(torch.clamp(mel, min=LOG_FLOOR))
 
 

@@ -250,7 +250,7 @@ def score(pred: torch.Tensor, target: torch.Tensor, *, seed_metrics_of: torch.Te
     # log-mel L1: mean over the (frames, 64) cells AudioLDM2 keeps.
     total, count = 0.0, 0
     for start, stop in frame_blocks(num_frames(pred.shape[-1]), block_frames):
-        diff = log_mel_frames(pred.double(), start, stop) - log_mel_frames(target.double(), start, stop)
+        diff = log_mel_frames(pred, start, stop, torch.float64) - log_mel_frames(target, start, stop, torch.float64)
         total, count = total + float(diff.abs().sum()), count + diff.numel()
     out["logmel_l1"] = total / count
     # LSD (full band and >= 4 kHz): mean over frames of the per-frame RMS log ratio.
