@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -147,6 +148,9 @@ class SpectrogramCanvas:
         return buf.getvalue()
 
 
+MAX_COLUMNS = 1200  # spectrogram columns kept for a 240 px wide picture (10.24 s of 10 ms frames fit whole)
+
+
 def spectrogram_png(audio: np.ndarray, canvas: SpectrogramCanvas | None = None) -> bytes:
     """A small PNG (240 x 128 px) of the log-mel of `audio` ``(N,)`` at 16 kHz: time in s on x, mel band on y, a
     colour bar in ln(magnitude) on the fixed scale `VMIN`..`VMAX`. `canvas`: a figure to reuse (one is made when
@@ -156,6 +160,16 @@ def spectrogram_png(audio: np.ndarray, canvas: SpectrogramCanvas | None = None) 
     from gdr.audio import SAMPLE_RATE, frame_blocks, log_mel_frames, num_frames
 
     x = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-    # Block by block: the whole-signal STFT of a 10 min file would take ~0.5 GB for one small picture.
-    mel = torch.cat([log_mel_frames(x, a, b) for a, b in frame_blocks(num_frames(len(x)), 4096)]).T.numpy()
+    # Block by block (the whole-signal STFT of a 10 min file would take ~0.5 GB for one small picture), and at
+    # most MAX_COLUMNS columns: longer inputs average k consecutive frames (in ln), so memory stays flat.
+    frames = num_frames(len(x))
+    k = max(1, math.ceil(frames / MAX_COLUMNS))
+    columns = []
+    for a, b in frame_blocks(frames, 512 * k):
+        m = log_mel_frames(x, a, b)  # (b - a, 64)
+        whole = m.shape[0] // k * k
+        columns.append(m[:whole].reshape(-1, k, m.shape[1]).mean(dim=1))
+        if whole < m.shape[0]:  # only in the last block
+            columns.append(m[whole:].mean(dim=0, keepdim=True))
+    mel = torch.cat(columns).T.numpy()
     return (canvas or SpectrogramCanvas()).png(mel, len(audio) / SAMPLE_RATE)

@@ -259,3 +259,23 @@ def test_report_plots_and_listening_import_no_evaluation_lightning_model_or_wand
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_long_spectrograms_average_frames_into_a_bounded_number_of_columns(monkeypatch):
+    """A long input's picture averages k consecutive log-mel frames (k = ceil(frames / MAX_COLUMNS)), block by
+    block: the columns equal that average of the whole-signal log-mel, and their number stays bounded."""
+    import torch
+
+    from gdr import plots
+    from gdr.audio import log_mel
+
+    shown = {}
+    monkeypatch.setattr(plots.SpectrogramCanvas, "png", lambda self, mel, seconds: shown.update(mel=mel) or b"")
+    monkeypatch.setattr(plots, "MAX_COLUMNS", 40)
+    x = (0.3 * torch.randn(16000 * 3, generator=torch.Generator().manual_seed(0))).numpy()  # 300 frames -> k = 8
+    plots.spectrogram_png(x)
+    whole = log_mel(torch.as_tensor(x)[None])[0, 0]  # (300, 64)
+    k = 8
+    want = torch.cat([whole[: 296].reshape(-1, k, 64).mean(1), whole[296:].mean(0, keepdim=True)]).T.numpy()
+    assert shown["mel"].shape == (64, 38) and shown["mel"].shape[1] <= 40
+    np.testing.assert_allclose(shown["mel"], want, rtol=1e-4, atol=1e-4)
