@@ -138,7 +138,8 @@ class GuidanceConfig:
     def __post_init__(self):
         from gdr.methods import build_guidance
 
-        build_guidance(self.name, self.params)  # unknown names and bad values: one line, before the model loads
+        if self.name is not None:  # None: the task's default method (gdr restore)
+            build_guidance(self.name, self.params)  # unknown names and bad values: one line, before the model loads
 
 
 @dataclass

@@ -218,11 +218,18 @@ def test_help_lists_methods_and_degradations():
     from gdr.degradations import DEGRADATIONS
     from gdr.methods import GUIDANCE
 
-    lines = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in proc.stdout.splitlines()
-             if line.startswith(("guidance methods (--guidance.name):", "degradations (--degradation.name):"))}
-    listed = {key: [name.strip() for name in value.split(",")] for key, value in lines.items()}
-    assert listed == {"guidance methods (--guidance.name)": list(GUIDANCE),
-                      "degradations (--degradation.name)": list(DEGRADATIONS)}
+    out = proc.stdout.splitlines()
+    degradations = [line.split(":", 1)[1] for line in out if line.startswith("degradations (--degradation.name):")]
+    assert [[name.strip() for name in value.split(",")] for value in degradations] == [list(DEGRADATIONS)]
+    # Methods: one per line under their header, each with its capabilities (e.g. "decoder gradients").
+    start = out.index("guidance methods (--guidance.name):") + 1
+    methods = []
+    for line in out[start:]:
+        if not line.startswith("  "):
+            break
+        methods.append(line.split()[0])
+    assert methods == list(GUIDANCE)
+    assert "no diffusion prior" in out[start + methods.index("decoder_inversion")]
     assert {"seed", "psld", "resample", "daps"} <= set(GUIDANCE)  # the ones the old list left out
 
 
