@@ -57,7 +57,8 @@ class CropDataset(Dataset):
         x = x[start:start + self.crop]
         y = self.degradation.measure(x[None], g)[0]
         support = self.degradation.sample_support(self.crop)
-        return {"x": x, "y": y.float(), "support": torch.ones(self.crop) if support is None else support.float()}
+        return {"x": x, "y": y.float(), "support": torch.ones(self.crop) if support is None else support.float(),
+                "key": seed_for("item", self.seed, epoch, i)}
 
 
 class EpochSampler(Sampler):

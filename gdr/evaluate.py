@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,14 @@ from gdr.condition_cache import ConditionCache
 from gdr.conditioning import Conditioning, ConditionSpec
 from gdr.data import Clip, demo_clips, load_folder
 from gdr.degradations import Degradation, build_degradation
-from gdr.errors import ConfigError
+from gdr.errors import ConfigError, GdrWarning
 from gdr.interrupt import StopSignals
 from gdr.methods import GUIDANCE, build_guidance
 from gdr.metrics import PER_ITEM, PHASE_METRICS, SEED_METRICS, align, score
 from gdr.module import GuidedReconstructor, seed_for
 from gdr.run_folder import RunFolder
 from gdr.schedulers import check_sampling, make_scheduler
-from gdr.schedules import schedule_for
+from gdr.schedules import schedule_for, schedule_warnings
 from gdr.speech_metrics import applicable, speech_scores
 from gdr.sweep import Item, condition_label, expand_grid, recipe_label, task_label
 from gdr.text_stack import check_audio_branch
@@ -143,13 +144,14 @@ def plan_evaluation(objects) -> Plan:
     lora = objects.model.lora_path
     # Content hashes, not paths, so that a retrained adapter or schedule at the same path is not "done".
     context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
+               "lora_name": Path(lora).resolve().name if lora else None,
                "dtype": objects.model.dtype, "variant": objects.model.variant,
                "seed_metrics": objects.report.seed_metrics, "chunk": dataclasses.asdict(objects.chunk)}
     kept, skipped = [], []
     for recipe in recipes:
         s = recipe["sampler"]  # sweep values skip the dataclass checks
         check_sampling(s["steps"], s["eta"], s["scheduler"], s["domain"])
-        degradation, guidance, _ = _recipe_objects(recipe)
+        degradation, guidance, schedule = _recipe_objects(recipe)
         ConditionSpec.from_dict(recipe["condition"])
         scheduler = make_scheduler(s["scheduler"])
         try:
@@ -162,6 +164,9 @@ def plan_evaluation(objects) -> Plan:
         recipe["context"] = context
         if recipe["guidance"].get("schedule_path"):
             recipe["context"] = {**context, "schedule": file_hash(Path(recipe["guidance"]["schedule_path"]))}
+            for message in schedule_warnings(schedule, recipe["guidance"]["schedule_path"], recipe["degradation"],
+                                             s["steps"]):
+                warnings.warn(message, GdrWarning, stacklevel=2)
         kept.append(recipe)
     if not kept:
         raise ConfigError("the sweep grid is empty after removing incompatible combinations")

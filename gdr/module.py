@@ -34,17 +34,20 @@ def seed_for(*parts) -> int:
 def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: Guidance, schedule, y: torch.Tensor, *,
                           support: torch.Tensor | None = None, scheduler=None, steps: int = 50, eta: float = 0.0,
                           domain: str = "mel", return_denoised: bool = True,
-                          generator: torch.Generator | None = None, grad_steps: int = 0, checkpoint: bool = False,
+                          generator: torch.Generator | list[torch.Generator] | None = None,
+                          grad_from: int | None = None, checkpoint: bool = False,
                           progress: bool = False, conditioning: Conditioning | None = None) -> torch.Tensor:
     """Guided reconstruction of a batch of measured chunks (shared by evaluation and training).
 
     Args:
         y: ``(B, n)`` measured waveforms at 16 kHz (any ``n >= 1024``; padded internally).
         support: ``(B, n)`` slice of ``degradation.sample_support`` (gap masks), or None.
-        scheduler: defaults to the model's (DDIM). grad_steps, checkpoint: see `gdr.sampler.sample`; with
-            ``grad_steps > 0`` the decoding to waveform keeps its graph too (training).
+        scheduler: defaults to the model's (DDIM). grad_from, checkpoint: see `gdr.sampler.sample`; with
+            a `grad_from` the decoding to waveform keeps its graph too (training).
+        generator: one generator for the batch, or one per item (each item then has its own stream whatever
+            the batch it is in).
         conditioning: what the UNet is conditioned on (text, CLAP audio, CFG; `gdr.conditioning`), one
-            condition for the whole batch; None = the model's null condition.
+            condition for the whole batch or per-item streams; None = the model's null condition.
 
     Returns:
         ``(B, n)`` float32 reconstructions.
@@ -59,10 +62,11 @@ def guided_reconstruction(model: AudioLDM2, degradation: Degradation, guidance: 
     outs = []
     for items, op in groups:
         measurement = DecoderMeasurement(model, op, y_pad[items], domain=domain)
-        z = sample(model.denoiser(conditioning), scheduler or model.scheduler, guidance, schedule, measurement,
-                   steps=steps, eta=eta, generator=generator, return_denoised=return_denoised, progress=progress,
-                   grad_steps=grad_steps, checkpoint=checkpoint)
-        with torch.set_grad_enabled(grad_steps > 0):
+        condition = None if conditioning is None else conditioning.select(items)
+        z = sample(model.denoiser(condition), scheduler or model.scheduler, guidance, schedule, measurement,
+                   steps=steps, eta=eta, generator=generator[items] if isinstance(generator, list) else generator,
+                   return_denoised=return_denoised, progress=progress, grad_from=grad_from, checkpoint=checkpoint)
+        with torch.set_grad_enabled(grad_from is not None):
             outs.append(model.latent_to_waveform(z, y_pad.shape[-1])[:, :n])
     return torch.cat(outs).float()
 

@@ -36,7 +36,7 @@ def sample(
     generator: torch.Generator | None = None,
     return_denoised: bool = True,
     progress: bool = False,
-    grad_steps: int = 0,
+    grad_from: int | None = None,
     checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run the guided reverse process; returns the final latent, shaped like ``measurement.z_y``.
@@ -47,10 +47,15 @@ def sample(
         guidance, schedule: the method and its per-step strength.
         measurement: residual and target latent of this batch.
         steps: number of inference steps; eta: DDIM eta (ignored by schedulers without one).
-        generator: the only source of randomness (initial noise, eta noise, method noise).
-        grad_steps: keep the autograd graph through the last `grad_steps` steps (truncated backprop, for
-            learning the schedule or an adapter end to end); earlier steps run without a graph.
-        checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing).
+        generator: the only source of randomness (initial noise, eta noise, method noise): one generator, or
+            one per batch item (diffusers' ``randn_tensor`` then draws each item from its own stream).
+        grad_from: keep the autograd graph from step `grad_from` to the end (learning a schedule or an
+            adapter end to end; 0 = the whole loop); earlier steps, and every step when None, run without one.
+        checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing), so
+            the graph holds O(steps x latent) plus one UNet's activations during the backward pass.
+
+    The schedule is asked ``schedule(i, n, level)`` with ``level = t / num_train_timesteps`` in [0, 1], the
+    step's diffusion time, so a schedule may be defined over the noise level instead of the step index.
     """
     spacing = getattr(scheduler.config, "timestep_spacing", "leading")
     if spacing != "leading":
@@ -64,9 +69,10 @@ def sample(
                    if k in inspect.signature(scheduler.step).parameters}
     z, first = guidance.start(ctx)
     n = len(ctx.timesteps)
+    train_timesteps = scheduler.config.num_train_timesteps
     for i in tqdm(range(first, n), desc="denoising", disable=not progress, leave=False):
         t = ctx.timesteps[i]
-        keep = i >= n - grad_steps
+        keep = grad_from is not None and i >= grad_from
         ctx.keep_graph = keep
         needs = guidance.wants_unet_grad(i, n)
         with torch.set_grad_enabled(keep or needs):
@@ -80,7 +86,7 @@ def sample(
             last = return_denoised and i == n - 1
             step = Step(i, n, t, z_t, eps, z0_hat, z0_hat if last else out.prev_sample,
                         ctx.alpha_bar(i), 1.0 if last else ctx.alpha_bar(i + 1))
-            z = guidance(step, ctx, schedule(i, n))
+            z = guidance(step, ctx, schedule(i, n, float(t) / train_timesteps))
             if not keep:
                 z = z.detach()
     return z

@@ -81,7 +81,9 @@ def recipe_label(recipe: dict) -> str:
     g, s = recipe["guidance"], recipe["sampler"]
     label = f"{g['name']} s={g['scale']:g}"
     if g.get("schedule_path"):
-        label = f"{g['name']} learned:{Path(g['schedule_path']).stem}"
+        path = Path(g["schedule_path"]).resolve()
+        # scripts/train.py always writes schedule.safetensors: its folder is what names it
+        label = f"{g['name']} learned:{path.parent.name if path.stem == 'schedule' else path.stem}"
     elif g.get("schedule", "constant") != "constant":
         label += f" {g['schedule']}"
     if g.get("params"):
@@ -91,8 +93,17 @@ def recipe_label(recipe: dict) -> str:
     for key, default, text in (("domain", "mel", "{}"), ("scheduler", "ddim", "{}"), ("eta", 0.0, "eta={:g}")):
         if s.get(key, default) != default:
             label += " " + text.format(s[key])
+    lora = recipe.get("context", {}).get("lora_name")
+    if lora and _uses_unet(g["name"]):
+        label += f" lora:{lora}"
     condition = condition_label(recipe)
     return label if condition == DEFAULT_CONDITION else f"{label} {condition}"
+
+
+def _uses_unet(method: str) -> bool:
+    from gdr.methods import GUIDANCE
+
+    return method not in GUIDANCE or GUIDANCE[method].uses_prior
 
 
 DEFAULT_CONDITION = "null:original"

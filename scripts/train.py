@@ -6,6 +6,7 @@ config is saved with the run. Resume: add ``--ckpt_path last`` (or a checkpoint 
 """
 
 import sys
+from pathlib import Path
 
 from gdr.cli import main_guard
 
@@ -19,6 +20,34 @@ EPILOG = ("Learners (--model): gdr.training.ScheduleLearner (the strength of eac
           "last.ckpt at the next step.")
 
 
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def wandb_run_id(folder: Path, resume: bool) -> str:
+    """The wandb run id of the run folder: kept in ``wandb_run_id`` there; a new run (no ``--ckpt_path``) gets a
+    new one, a resumed run reuses it, so its curves continue in one wandb run."""
+    import secrets
+
+    from gdr.atomic import write_text
+
+    path = folder / "wandb_run_id"
+    if resume and path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    write_text(path, run_id + "\n")
+    return run_id
+
+
+def check_trainer_config(trainer) -> None:
+    """Options Lightning accepts but that would train nothing (and export the untrained initial values)."""
+    from gdr.errors import ConfigError
+
+    for name in ("max_epochs", "max_steps"):
+        if trainer.get(name) == 0:
+            raise ConfigError(f"trainer.{name} is 0: nothing would be trained (use -1 or null for no limit)")
+
+
 def main(argv=None) -> int:
     import argparse
     import signal
@@ -30,7 +59,9 @@ def main(argv=None) -> int:
     from gdr.datamodule import RestorationDataModule
     from gdr.errors import ConfigError, GdrError
     from gdr.interrupt import Interrupted, StopSignals
-    from gdr.training import AtomicCheckpointIO, CheckpointOnStop
+    from gdr.training import AtomicCheckpointIO, CheckpointOnStop, FileLists, fixed_checkpoint_folder
+
+    from jsonargparse import Namespace
 
     quiet_lightning()  # after importing Lightning, which sets its own log level
     on_stop = CheckpointOnStop()
@@ -39,9 +70,21 @@ def main(argv=None) -> int:
         def add_arguments_to_parser(self, parser):
             parser.link_arguments("data.degradation", "model.init_args.degradation")
 
+        def before_instantiate_classes(self):
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            check_trainer_config(config.trainer)
+            resume = bool(config.get("ckpt_path"))
+            run_folder = Path(config.trainer.default_root_dir or ".")
+            for logger in as_list(config.trainer.logger):
+                if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("WandbLogger"):
+                    # One wandb run per run folder: a resume (--ckpt_path) continues it under its id.
+                    logger.init_args.id = logger.init_args.get("id") or wandb_run_id(run_folder, resume)
+                    logger.init_args.resume = "allow"
+
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
-            trainer.callbacks.append(on_stop)
+            fixed_checkpoint_folder(trainer)
+            trainer.callbacks.extend([on_stop, FileLists()])
             return trainer
 
     try:
