@@ -340,6 +340,15 @@ def plain_message(text: str) -> str:
         key, kind, value = match.groups()
         what = {"float": "a finite number", "int": "an integer", "bool": "true or false"}[kind]
         return f"{key} must be {what}, got {value}"
+    match = re.search(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes '
+                      r'Subtypes: \[(.*?)\].*Given value: (.*)$', text)
+    if match:  # e.g. an int-or-null option given text, or a subclass option (the learner) given a bad value
+        key, subtypes, value = match.groups()
+        nested = re.fullmatch(r"NestedArg\(key='([^']+)', val='(.*)'\)", value)
+        if nested:
+            return f"{key}.init_args.{nested.group(1)}: {nested.group(2)!r} is not a valid value"
+        names = [("null" if t == "NoneType" else t) for t in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes)]
+        return f"{key} must be {' or '.join(names)}, got {value!r}"
     return text
 
 

@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from gdr.cli import quiet_lightning
+    from gdr.config import plain_message
     from gdr.datamodule import RestorationDataModule
     from gdr.errors import ConfigError, GdrError
     from gdr.interrupt import Interrupted, StopSignals
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {on_stop.stopped_at}, {saved}; "
                                   "rerun with --ckpt_path last to resume") from None
     except argparse.ArgumentError as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
+        raise ConfigError(plain_message(str(exc))) from None
     except (ValueError, TypeError) as exc:
         # jsonargparse wraps errors raised while building the model or data; surface ours in one line.
         cause = exc
