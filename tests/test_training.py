@@ -219,23 +219,33 @@ def test_lora_export_reloads_through_peft_and_changes_the_unet(tmp_path, cache_d
     torch.testing.assert_close(out_adapted, out_trained)
 
 
-def test_exported_schedule_changes_evaluate_output(tmp_path, cache_dir, tiny_dir):
+def test_exported_schedule_changes_evaluate_output(tmp_path, cache_dir, tiny_dir, recwarn):
     import csv
 
+    from gdr.adapters import inject_lora, save_lora
+    from gdr.backbone import AudioLDM2
     from gdr.schedules import save_schedule
     from test_evaluate_script import _evaluate_main
 
-    path = save_schedule(tmp_path / "learned.safetensors", torch.tensor([5.0, 0.1, 3.0]), method="dps", steps=3)
+    path = save_schedule(tmp_path / "learned.safetensors", torch.tensor([5.0, 0.1, 3.0]), method="dps", steps=3,
+                         provenance={"degradation": {"name": "noise", "snr_db": 10}})
+    model = AudioLDM2.from_pretrained(tiny_dir, cache_dir=cache_dir)
+    save_lora(tmp_path / "my_adapter", model.unet, inject_lora(model.unet, rank=2, alpha=2.0))
     common = ["--config", "configs/smoke.yaml", "--progress", "false", "--logger", "false", "--data.demo_seconds",
               "1.0", "--sampler.steps", "3", "--degradation.name", "lowpass", "--report.bootstrap", "100"]
     assert _evaluate_main()([*common, "--output_dir", str(tmp_path / "plain")]) == 0
-    assert _evaluate_main()([*common, "--output_dir", str(tmp_path / "learned"),
-                             "--guidance.schedule_path", str(path)]) == 0
+    recwarn.clear()
+    assert _evaluate_main()([*common, "--output_dir", str(tmp_path / "learned"), "--guidance.schedule_path", str(path),
+                             "--model.lora_path", str(tmp_path / "my_adapter")]) == 0
+    from gdr.errors import GdrWarning
+
+    warned = [str(w.message) for w in recwarn if w.category is GdrWarning and str(w.message).startswith("schedule")]
+    assert len(warned) == 1 and "learned for noise(snr_db=10), used on lowpass(" in warned[0], warned
     plain = [r for r in csv.DictReader((tmp_path / "plain" / "metrics.csv").open()) if r["guidance"] == "dps"]
     learned = [r for r in csv.DictReader((tmp_path / "learned" / "metrics.csv").open()) if r["guidance"] == "dps"]
-    assert learned[0]["method"] == "dps learned:learned 3st" and plain[0]["method"] == "dps s=1 3st"
+    assert learned[0]["method"] == "dps learned:learned 3st lora:my_adapter" and plain[0]["method"] == "dps s=1 3st"
     assert [r["lsd"] for r in plain] != [r["lsd"] for r in learned]
-    assert "dps learned:learned 3st" in (tmp_path / "learned" / "report.md").read_text()
+    assert "dps learned:learned 3st lora:my_adapter" in (tmp_path / "learned" / "report.md").read_text()
 
 
 def _train(args, timeout=None, env=None):
@@ -471,3 +481,33 @@ def test_the_eps_objective_conditions_each_item_on_its_caption_or_clean_audio(tm
     (gpt2,) = streams
     assert gpt2.shape[0] == 2 and not torch.allclose(gpt2[0], gpt2[1])  # each item its own condition
     assert _silent_cross_attention(learner, batch)[0] == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_equal_one_process(tmp_path, tiny_dir):
+    """Past one machine with Lightning's own launch: torchrun with 2 nodes x 1 process on localhost (gloo), each
+    node started as README says, gives the export of 1 process with the global batch."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    single = tmp_path / "single"
+    proc = _train(["--config", "configs/train/schedule_smoke.yaml", *DDP_ARGS, "--data.batch_size", "2",
+                   "--model.init_args.export_dir", str(single), "--trainer.default_root_dir", str(single)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nodes = tmp_path / "nodes"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+         str(rank), "--master_addr", "127.0.0.1", "--master_port", port, str(ROOT / "scripts" / "train.py"), "fit",
+         "--config", "configs/train/schedule_smoke.yaml", *DDP_ARGS, "--data.batch_size", "1",
+         "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
+         "--model.init_args.export_dir", str(nodes), "--trainer.default_root_dir", str(nodes)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=900) for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    (meta_single, one), (meta_nodes, two) = _exported(single, "schedule"), _exported(nodes, "schedule")
+    assert meta_single == meta_nodes
+    torch.testing.assert_close(two["values"], one["values"], rtol=0, atol=1e-9)
+    assert (one["values"] - 0.7).abs().max() > 1e-3
