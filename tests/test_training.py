@@ -511,3 +511,22 @@ def test_torchrun_two_nodes_equal_one_process(tmp_path, tiny_dir):
     assert meta_single == meta_nodes
     torch.testing.assert_close(two["values"], one["values"], rtol=0, atol=1e-9)
     assert (one["values"] - 0.7).abs().max() > 1e-3
+
+
+def test_audio_examples_go_to_every_logger_that_takes_audio(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from gdr.training import AudioExamples
+
+    logged = []
+    monkeypatch.setattr(WandbLogger, "log_audio", lambda self, key, audios, step=None, **kw: logged.append(
+        (loggers.index(self), key, len(audios), step, kw["sample_rate"])))
+    loggers = [CSVLogger(tmp_path), WandbLogger(name="first", offline=True, save_dir=tmp_path),
+               WandbLogger(name="second", offline=True, save_dir=tmp_path)]
+    trainer = SimpleNamespace(loggers=loggers, global_step=7)
+    batch = {"x": torch.zeros(3, 160), "y": torch.zeros(3, 160)}
+    AudioExamples(max_items=2).on_validation_batch_end(trainer, None, {"x_hat": torch.zeros(3, 160)}, batch, 0)
+    assert sorted(logged) == sorted((index, f"val_audio/{kind}", 2, 7, [16000, 16000])
+                                    for index in (1, 2) for kind in ("clean", "degraded", "reconstruction"))
