@@ -79,6 +79,26 @@ def test_ema_is_the_decayed_average_of_the_trained_parameters(tmp_path, cache_di
     torch.testing.assert_close(learner.ema_0, 0.9 * start + 0.1 * (start + 1.0))
 
 
+def test_a_checkpoint_taken_during_validation_holds_the_raw_weights_and_the_average_apart(tmp_path, cache_dir,
+                                                                                          tiny_dir):
+    """Lightning saves in ModelCheckpoint.on_validation_end, while validation runs on the EMA weights: the checkpoint
+    must still hold the raw weights as the parameter and the average as the EMA buffer, or a resumed run continues
+    from the average."""
+    learner = _schedule(tmp_path, cache_dir, ema_decay=0.9)
+    learner.setup("fit")
+    with torch.no_grad():
+        learner.schedule.raw.add_(1.0)  # raw != average
+    raw, average = learner.schedule.raw.detach().clone(), learner.ema_0.clone()
+    learner.on_validation_start()  # validation runs on the average
+    torch.testing.assert_close(learner.schedule.raw.detach(), average, rtol=0, atol=0)
+    checkpoint = {"state_dict": learner.state_dict()}
+    learner.on_save_checkpoint(checkpoint)
+    assert torch.equal(checkpoint["state_dict"]["schedule.raw"], raw)
+    assert torch.equal(checkpoint["state_dict"]["ema_0"], average)
+    learner.on_validation_epoch_end()  # and training continues on the raw weights
+    assert torch.equal(learner.schedule.raw.detach(), raw) and torch.equal(learner.ema_0, average)
+
+
 def test_a_fresh_lora_changes_nothing_trains_only_itself_and_reloads_with_its_alpha(tmp_path, cache_dir, tiny_dir):
     from gdr.adapters import inject_lora, save_lora
     from gdr.backbone import AudioLDM2
