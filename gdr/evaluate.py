@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -225,7 +226,8 @@ def file_hash(path: Path) -> str | None:
 def hash_bytes(x: torch.Tensor) -> str:
     import hashlib
 
-    return hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest()
+    # The array's buffer itself (C-contiguous), not a ``tobytes`` copy of it: the same bytes, the same hash.
+    return hashlib.sha256(np.ascontiguousarray(x.detach().cpu().float().numpy())).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ work

@@ -198,16 +198,19 @@ def align(pred: torch.Tensor, target: torch.Tensor, max_lag: int = 800, min_corr
     and its largest positive value sits at a wrong lag (half a period away for tonal audio). The sign is
     never flipped: an inverted output stays inverted, so waveform metrics see it (SNR of ``-x`` against
     ``x`` is -6 dB, not perfect). The correlation is computed `block` samples at a time, so memory stays flat
-    for long audio. Returns ``(N,)`` in the dtype of `pred`.
+    for long audio. Returns ``(N,)`` in the dtype of `pred`: a view of `pred` where the shifted output covers
+    the whole target (lag <= 0 and `pred` long enough; the usual case), else a new zero-padded tensor.
     """
     n = target.shape[-1]
     corr = _lag_correlation(pred, target, max_lag, block)
     values = corr.abs() / max((_sum_squares(pred, block) * _sum_squares(target, block)) ** 0.5, 1e-12)
     best = int(values.argmax())
     lag = best - max_lag if values[best] > min_corr else 0
-    out = torch.zeros(n, dtype=pred.dtype)
     # out[m] = pred[m - lag] where both exist
     lo, hi = max(0, lag), min(n, pred.shape[-1] + lag)
+    if lo == 0 and hi == n:  # no zero padding needed: a view of `pred`, not a third whole-length buffer
+        return pred[-lag:n - lag]
+    out = torch.zeros(n, dtype=pred.dtype)
     if hi > lo:
         out[lo:hi] = pred[lo - lag:hi - lag]
     return out

@@ -262,8 +262,9 @@ def test_report_plots_and_listening_import_no_evaluation_lightning_model_or_wand
 
 
 def test_long_spectrograms_average_frames_into_a_bounded_number_of_columns(monkeypatch):
-    """A long input's picture averages k consecutive log-mel frames (k = ceil(frames / MAX_COLUMNS)), block by
-    block: the columns equal that average of the whole-signal log-mel, and their number stays bounded."""
+    """A long input's picture averages k consecutive log-mel frames (k = ceil(frames / MAX_COLUMNS)), in blocks of
+    at most SPECTROGRAM_BLOCK frames whatever k is: the columns equal that average of the whole-signal log-mel, and
+    their number stays bounded."""
     import torch
 
     from gdr import plots
@@ -272,6 +273,7 @@ def test_long_spectrograms_average_frames_into_a_bounded_number_of_columns(monke
     shown = {}
     monkeypatch.setattr(plots.SpectrogramCanvas, "png", lambda self, mel, seconds: shown.update(mel=mel) or b"")
     monkeypatch.setattr(plots, "MAX_COLUMNS", 40)
+    monkeypatch.setattr(plots, "SPECTROGRAM_BLOCK", 50)  # not a multiple of k: columns straddle blocks
     x = (0.3 * torch.randn(16000 * 3, generator=torch.Generator().manual_seed(0))).numpy()  # 300 frames -> k = 8
     plots.spectrogram_png(x)
     whole = log_mel(torch.as_tensor(x)[None])[0, 0]  # (300, 64)
