@@ -104,6 +104,27 @@ class Conditioning:
     def cfg(self) -> bool:
         return self.cfg_scale != 1.0
 
+    @classmethod
+    def stack(cls, rows: list["Conditioning | None"]) -> "Conditioning | None":
+        """One conditioning for a batch whose row ``b`` is conditioned on ``rows[b]`` (streams ``(B, ...)``).
+
+        The same object for every row stays as it is (one condition broadcast to the batch); otherwise each
+        stream is concatenated along the batch, T5 streams zero-padded to one length under mask 0 (which the UNet
+        ignores). All rows must share the CFG weight (items of one recipe do)."""
+        if all(row is rows[0] for row in rows):
+            return rows[0]
+        if any(row is None for row in rows) or len({row.cfg_scale for row in rows}) != 1:
+            raise ValueError("rows of one batch need a conditioning each and one cfg_scale")
+
+        def cat(conditions: list[Condition]) -> Condition:
+            length = max(c.t5.shape[1] for c in conditions)
+            padded = [pad_condition(c, length) for c in conditions]
+            return Condition(torch.cat([c.gpt2 for c in padded]), torch.cat([c.t5 for c in padded]),
+                             torch.cat([c.t5_mask for c in padded]), padded[0].kind)
+
+        uncond = None if rows[0].uncond is None else cat([row.uncond for row in rows])
+        return cls(cat([row.cond for row in rows]), uncond, rows[0].cfg_scale)
+
     def to(self, device=None, dtype=None) -> "Conditioning":
         uncond = None if self.uncond is None else self.uncond.to(device, dtype)
         return Conditioning(self.cond.to(device, dtype), uncond, self.cfg_scale)

@@ -33,7 +33,7 @@ def sample(
     *,
     steps: int,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     return_denoised: bool = True,
     progress: bool = False,
     grad_steps: int = 0,
@@ -47,7 +47,8 @@ def sample(
         guidance, schedule: the method and its per-step strength.
         measurement: residual and target latent of this batch.
         steps: number of inference steps; eta: DDIM eta (ignored by schedulers without one).
-        generator: the only source of randomness (initial noise, eta noise, method noise).
+        generator: the only source of randomness (initial noise, eta noise, method noise); a list gives batch
+            row ``b`` its own stream ``generator[b]`` (diffusers' `randn_tensor`), the same in any batch as alone.
         grad_steps: keep the autograd graph through the last `grad_steps` steps (truncated backprop, for
             learning the schedule or an adapter end to end); earlier steps run without a graph.
         checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing).
