@@ -60,9 +60,9 @@ def _conditioning(model, seed: int, cfg: float) -> Conditioning:
     return Conditioning(condition(5 + seed), condition(4) if cfg != 1.0 else None, cfg)
 
 
-def _module(model, method: str, eta: float, degradation) -> GuidedReconstructor:
+def _module(model, method: str, eta: float, degradation, domain: str = "mel") -> GuidedReconstructor:
     return GuidedReconstructor(model, degradation, build_guidance(method, PARAMS.get(method)), build_schedule(0.5),
-                               steps=2, eta=eta, chunk_samples=CHUNK, overlap_samples=OVERLAP)
+                               steps=2, eta=eta, domain=domain, chunk_samples=CHUNK, overlap_samples=OVERLAP)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0], ids=["no-cfg", "cfg"])
@@ -95,6 +95,17 @@ def test_batched_equals_one_at_a_time(tiny_model, method, eta, cfg):
     # The seeds matter (so equality above is not two runs of a seed-free method): same clip, other seed.
     if GUIDANCE[method].uses_prior and not (method == "seed" and eta == 0):
         assert (batched[0] - batched[2]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("method", ["dps", "psld"])
+def test_batched_equals_one_at_a_time_in_the_waveform_domain(tiny_model, method):
+    """The waveform residual applies each row's own gap operator to its decoded waveform (`PerItem.forward`)."""
+    gaps = build_degradation({"name": "gaps", "length_ms": 40, "count": 2})
+    module = _module(tiny_model, method, 0.0, gaps, domain="waveform")
+    ys, seeds = [_clip(SHORT, 0), _clip(LONG, 1)], [3, 4]
+    batched = module.reconstruct_clips(ys, seeds, batch_size=3)
+    for y, seed, out in zip(ys, seeds, batched):
+        assert (out - module.reconstruct_clips([y], [seed], batch_size=1)[0]).abs().max() <= 1e-5
 
 
 def test_a_clip_that_fits_in_one_chunk_keeps_its_seed_and_chunks_get_their_own():
