@@ -121,6 +121,9 @@ def main() -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (its first call compiles)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # "modules that should be kept in float32: []" on every UNet cast
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
         print("error: no CUDA device here; `bash benchmarks/gpu_check.sh --dry-run` walks through the check on the "

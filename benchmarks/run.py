@@ -95,6 +95,9 @@ def build(size: str, device: torch.device, dtype: torch.dtype):
     pipe = tiny.to(device)
     if dtype != torch.float32:
         pipe.unet.to(dtype)
+        # diffusers' loop casts the given embeddings to these two modules' dtype (gdr's never calls them).
+        pipe.text_encoder_2.to(dtype)
+        pipe.language_model.to(dtype)
     pipe.set_progress_bar_config(disable=True)
     widths = pipe.unet.config.cross_attention_dim[0] if size == "real" else [None, 16, 32]
     gen = torch.Generator().manual_seed(0)
