@@ -576,8 +576,7 @@ def throughput_rows(model, device, seconds: float, steps: int, batches, repeats:
         base = None
         for b in batches:
             run = batch_run(model, method, params, b, seconds, steps, device)
-            run()  # warm-up (and the first-call allocations)
-            with PeakMemory(device) as peak:
+            with PeakMemory(device) as peak:  # `timed`'s warm-up call included (first-call allocations)
                 t = timed(run, device, repeats)
             rate = b * steps / t
             base = base or rate

@@ -258,3 +258,18 @@ def test_evaluation_batched_equals_one_at_a_time_in_wavs_and_metrics(tmp_path, t
         assert x.shape == y.shape and np.abs(x - y).max() <= 1e-5, (a["clip"], a["method"])
     methods = [r for r in one if r["kind"] == "method" and r["guidance"] == "dps"]
     assert len({r["wav"] for r in methods}) == 4  # each item its own wav (clip x seed)
+
+
+def test_resume_keys_do_not_depend_on_batch_sizes():
+    """A run resumed at another batch size reuses every record: batch sizes change the speed, not a result."""
+    from conftest import ROOT
+    from gdr.config import parse
+    from gdr.evaluate import plan_evaluation
+
+    base = ["--config", str(ROOT / "configs" / "smoke.yaml"), "--data.demo_seconds", "1.0"]
+
+    def keys(*extra):
+        return [item.key for item in plan_evaluation(parse([*base, *extra])[2]).items]
+
+    assert keys() == keys("--sampler.batch_size", "1") == keys("--sampler.batch_size", "7", "--chunk.batch_size", "3")
+    assert keys() != keys("--sampler.steps", "3")  # (the keys do see a change of result)
