@@ -16,6 +16,9 @@ Prints markdown tables (paste them into benchmarks/README.md):
 3. Precision and compile variants of the plain loop.
 4. Peak memory (RSS on CPU, max allocated on GPU) and wall time of the chunked path for 10 s, 1 min and 10 min
    inputs, each in a fresh process, with the fitted seconds-per-audio-second slope.
+5. Throughput (``--throughput-only`` for just this): item-steps per second of one batched sampling run of B
+   different items (own measurement, own generator) at B = 1, 4, 16, for latent_pull and DPS, as ratios to B = 1
+   in the same run, with peak memory (max allocated on GPU; on CPU the RSS growth during the run, sampled).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from gdr.conditioning import Condition  # noqa: E402
 from gdr.degradations import build_degradation  # noqa: E402
 from gdr.measurement import DecoderMeasurement, LatentMeasurement  # noqa: E402
 from gdr.methods import build_guidance  # noqa: E402
+from gdr.module import generators_for, guided_reconstruction  # noqa: E402
 from gdr.sampler import sample  # noqa: E402
 from gdr.schedules import Constant  # noqa: E402
 
@@ -91,6 +95,9 @@ def build(size: str, device: torch.device, dtype: torch.dtype):
     pipe = tiny.to(device)
     if dtype != torch.float32:
         pipe.unet.to(dtype)
+        # diffusers' loop casts the given embeddings to these two modules' dtype (gdr's never calls them).
+        pipe.text_encoder_2.to(dtype)
+        pipe.language_model.to(dtype)
     pipe.set_progress_bar_config(disable=True)
     widths = pipe.unet.config.cross_attention_dim[0] if size == "real" else [None, 16, 32]
     gen = torch.Generator().manual_seed(0)
@@ -502,6 +509,95 @@ def memory(args) -> list[str]:
     return rows
 
 
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated (MB), or on CPU the peak RSS growth over the block's start,
+    sampled every 2 ms by a thread (the process high-water mark cannot be reset)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, float("nan")
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import threading
+
+        self._start, self._peak, self._stop = self._rss(), 0, threading.Event()
+
+        def poll():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, self._rss())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self.mb = max(self._peak - self._start, 0) / 2**20
+
+
+def batch_run(model, method: str, params: dict, batch: int, seconds: float, steps: int, device, conditioning=None):
+    """One batched reconstruction of `batch` different items (each its own clip and generator), as evaluation
+    packs them: measurement, sampling loop, decoding. Returns a no-argument callable."""
+    op = build_degradation({"name": "lowpass", "cutoff_hz": 4000})
+    n = int(seconds * 16000)
+    gens = torch.Generator().manual_seed(7)
+    y = op((0.3 * torch.randn(batch, n, generator=gens)).to(device))  # other audio in every row
+    guidance = build_guidance(method, params)
+
+    def run():
+        return guided_reconstruction(model, op, guidance, Constant(0.5), y, steps=steps,
+                                     generator=generators_for(range(batch), device), conditioning=conditioning)
+
+    return run
+
+
+def throughput_rows(model, device, seconds: float, steps: int, batches, repeats: int,
+                    methods=(("latent_pull", {}), ("dps", {}))) -> tuple[list[str], dict]:
+    """Rows of item-steps per second against the batch size (see the module docstring, item 5); also returns
+    ``{(method, batch): (seconds per run, peak MB)}``."""
+    rows = ["| method | batch | s per batch run | item-steps / s | x batch 1 | x real time | peak memory MB |",
+            "|---|---|---|---|---|---|---|"]
+    results = {}
+    for method, params in methods:
+        base = None
+        for b in batches:
+            run = batch_run(model, method, params, b, seconds, steps, device)
+            with PeakMemory(device) as peak:  # `timed`'s warm-up call included (first-call allocations)
+                t = timed(run, device, repeats)
+            rate = b * steps / t
+            base = base or rate
+            results[(method, b)] = (t, peak.mb)
+            rows.append(f"| {method} | {b} | {t:.3f} | {rate:.1f} | {rate / base:.2f} | {b * seconds / t:.2f} | "
+                        f"{peak.mb:.0f} |")
+    return rows, results
+
+
+def throughput(size: str, args, device, dtype) -> list[str]:
+    model, _ = build(size, device, dtype)
+    rows = [f"\n### Throughput, {size} model, {args.seconds:g} s items, {args.steps} steps, "
+            f"{str(dtype).replace('torch.', '')}, {device.type}, torch threads {torch.get_num_threads()}\n",
+            "One sampling run of B different items (each its own clip, measurement and generator, as evaluation "
+            "packs them), measurement + loop + decoding. `x batch 1`: item-steps per second over batch 1's, same "
+            "run. `x real time`: audio seconds reconstructed per wall second.\n"]
+    rows += throughput_rows(model, device, args.seconds, args.steps, args.batches,
+                            1 if size == "real" and device.type == "cpu" else args.repeats)[0]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "real"], choices=["tiny", "real"])
@@ -519,8 +615,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the loop")
     parser.add_argument("--latent-posterior-only", action="store_true",
                         help="only the PSLD / ReSample / DAPS table (tiny or real size, no memory runs)")
+    parser.add_argument("--throughput-only", action="store_true", help="only the batch-size throughput table")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16], help="batch sizes of the throughput table")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.memory_child is not None:
         memory_child(args.memory_child, args.memory_size, args.memory_steps)
@@ -539,6 +640,11 @@ def main() -> None:
           f"device {name}. torch {torch.__version__}, diffusers {diffusers.__version__}. "
           f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`")
     lines = []
+    if args.throughput_only:
+        for size in args.sizes:
+            lines += throughput(size, args, device, dtype)
+        print("\n".join(lines))
+        return
     if args.latent_posterior_only:
         for size in args.sizes:
             lines += latent_posterior_speed(size, args, device, dtype)
@@ -548,6 +654,7 @@ def main() -> None:
         for size in args.sizes:
             lines += speed(size, args, device, dtype)
             lines += cfg_speed(size, args, device, dtype)
+            lines += throughput(size, args, device, dtype)
     if args.profile:
         lines += profile(args, device)
     if not args.no_memory:

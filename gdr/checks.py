@@ -54,6 +54,21 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
     return value
 
 
+def auto_or_integer(name: str, value, *, low: int | None = None, high: int | None = None) -> int | str:
+    """``"auto"`` or an integer within ``[low, high]``; a string of digits (a CLI value) is read as the integer."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok:
+        try:
+            return integer(name, value, low=low, high=high)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{name} must be auto or an integer {_bounds(low, high, False, False)}".rstrip() + f", got {value!r}")
+
+
 def choice(name: str, value, choices: Iterable):
     """One of `choices`."""
     choices = tuple(choices)

@@ -123,30 +123,65 @@ def process_in_chunks(
     layout = chunk_layout(num_samples, chunk, overlap, grid)
     if len(layout.starts) == 1:
         return fn(x[None]).float()[0]
-    length, ov = layout.length, layout.overlap
-    out = torch.zeros(x.shape[0], num_samples, dtype=torch.float32)
-    tail = None  # (C, ov) float64: the previous chunk's output over the next overlap, not yet written
+    joiner = ChunkJoiner(layout, x.shape[0])
     bar = tqdm(total=len(layout.starts), desc=desc, disable=not progress, leave=False)
     for b in range(0, len(layout.starts), batch_size):
         group = layout.starts[b:b + batch_size]
-        chunks = torch.stack([_window(x, s, length) for s in group])
-        y = fn(chunks).detach().to("cpu", torch.float64)
-        for j, s in enumerate(group):
-            piece = y[j]
-            if tail is not None:
-                piece = torch.cat([crossfade(tail, piece[:, :ov]), piece[:, ov:]], dim=1)
-            last = b + j == len(layout.starts) - 1
-            keep = length if last else length - ov  # the final `ov` samples wait for the next chunk
-            end = min(s + keep, num_samples)
-            if end > s:
-                out[:, s:end] = piece[:, :end - s].float()
-            tail = None if last else piece[:, length - ov:]
+        y = fn(torch.stack([window(x, s, layout.length) for s in group]))
+        for piece in y:
+            joiner.add(piece)
         bar.update(len(group))
     bar.close()
-    return out
+    return joiner.result()
 
 
-def _window(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
+class ChunkJoiner:
+    """Joins the outputs of a layout's chunks, given one at a time in order, into the whole signal.
+
+    What `process_in_chunks` does after `fn`, kept separate so that chunks of many clips can go through a
+    model in one batch (`gdr.module.GuidedReconstructor.reconstruct_clips`) and still be joined per clip.
+    Besides the output, memory is one overlap.
+
+    Args:
+        layout: where the chunks lie (`chunk_layout`).
+        channels: ``C`` of the ``(C, n)`` chunk outputs.
+    """
+
+    def __init__(self, layout: ChunkLayout, channels: int = 1):
+        self.layout = layout
+        self.out = torch.zeros(channels, layout.num_samples, dtype=torch.float32)
+        self.tail: torch.Tensor | None = None  # (C, ov) float64: the previous chunk's output over the next overlap
+        self.count = 0  # chunks added so far
+
+    @property
+    def done(self) -> bool:
+        return self.count == len(self.layout.starts)
+
+    def add(self, piece: torch.Tensor) -> None:
+        """The next chunk's output ``(C, length)`` (any float dtype, any device)."""
+        layout, k = self.layout, self.count
+        if k >= len(layout.starts):
+            raise ValueError(f"the layout has {len(layout.starts)} chunks; got one more")
+        length, ov, s = layout.length, layout.overlap, layout.starts[k]
+        piece = piece.detach().to("cpu", torch.float64)
+        if self.tail is not None:
+            piece = torch.cat([crossfade(self.tail, piece[:, :ov]), piece[:, ov:]], dim=1)
+        last = k == len(layout.starts) - 1
+        keep = length if last else length - ov  # the final `ov` samples wait for the next chunk
+        end = min(s + keep, layout.num_samples)
+        if end > s:
+            self.out[:, s:end] = piece[:, :end - s].float()
+        self.tail = None if last else piece[:, length - ov:]
+        self.count += 1
+
+    def result(self) -> torch.Tensor:
+        """``(C, N)`` float32 joined output, once every chunk was added."""
+        if not self.done:
+            raise ValueError(f"{self.count} of {len(self.layout.starts)} chunks were added")
+        return self.out
+
+
+def window(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """``x[:, start:start + length]``, zero-padded past the end of `x`."""
     piece = x[:, start:start + length]
     return torch.nn.functional.pad(piece, (0, length - piece.shape[-1]))

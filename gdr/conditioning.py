@@ -104,18 +104,30 @@ class Conditioning:
     def cfg(self) -> bool:
         return self.cfg_scale != 1.0
 
+    @classmethod
+    def stack(cls, rows: list["Conditioning | None"]) -> "Conditioning | None":
+        """One conditioning for a batch whose row ``b`` is conditioned on ``rows[b]`` (streams ``(B, ...)``).
+
+        The same object for every row stays as it is (one condition broadcast to the batch); otherwise each
+        stream is concatenated along the batch, T5 streams zero-padded to one length under mask 0 (which the UNet
+        ignores). All rows must share the CFG weight (items of one recipe do)."""
+        if all(row is rows[0] for row in rows):
+            return rows[0]
+        if any(row is None for row in rows) or len({row.cfg_scale for row in rows}) != 1:
+            raise ValueError("rows of one batch need a conditioning each and one cfg_scale")
+
+        def cat(conditions: list[Condition]) -> Condition:
+            length = max(c.t5.shape[1] for c in conditions)
+            padded = [pad_condition(c, length) for c in conditions]
+            return Condition(torch.cat([c.gpt2 for c in padded]), torch.cat([c.t5 for c in padded]),
+                             torch.cat([c.t5_mask for c in padded]), padded[0].kind)
+
+        uncond = None if rows[0].uncond is None else cat([row.uncond for row in rows])
+        return cls(cat([row.cond for row in rows]), uncond, rows[0].cfg_scale)
+
     def to(self, device=None, dtype=None) -> "Conditioning":
         uncond = None if self.uncond is None else self.uncond.to(device, dtype)
         return Conditioning(self.cond.to(device, dtype), uncond, self.cfg_scale)
-
-    def select(self, items: slice) -> "Conditioning":
-        """The rows `items` of per-item streams (``(B, ...)``); a batch-wide condition (``(1, ...)``) as it is."""
-        def rows(c: Condition | None) -> Condition | None:
-            if c is None or c.gpt2.shape[0] == 1:
-                return c
-            return Condition(c.gpt2[items], c.t5[items], c.t5_mask[items], c.kind)
-
-        return Conditioning(rows(self.cond), rows(self.uncond), self.cfg_scale)
 
     def unet_kwargs(self, batch: int) -> dict[str, torch.Tensor]:
         """UNet keyword arguments for `batch` latents: ``batch`` rows, or ``2 batch`` (``[uncond, cond]``) with CFG."""
@@ -131,22 +143,6 @@ class Conditioning:
             return out
         eps_uncond, eps_cond = out.chunk(2)
         return eps_uncond + self.cfg_scale * (eps_cond - eps_uncond)
-
-
-def stack_conditionings(items: list[Conditioning]) -> Conditioning:
-    """Per-item conditionings (each ``(1, ...)``, one CFG weight) -> one with ``(B, ...)`` streams, T5 streams
-    zero-padded under mask 0 to the longest (the UNet ignores masked tokens)."""
-    if len({c.cfg_scale for c in items}) != 1 or len({c.uncond is None for c in items}) != 1:
-        raise ConfigError("per-item conditions must share one CFG weight")
-
-    def stack(conditions: list[Condition]) -> Condition:
-        length = max(c.t5.shape[1] for c in conditions)
-        padded = [pad_condition(c, length) for c in conditions]
-        return Condition(torch.cat([c.gpt2 for c in padded]), torch.cat([c.t5 for c in padded]),
-                         torch.cat([c.t5_mask for c in padded]), padded[0].kind)
-
-    uncond = None if items[0].uncond is None else stack([c.uncond for c in items])
-    return Conditioning(stack([c.cond for c in items]), uncond, items[0].cfg_scale)
 
 
 AUDIO_SOURCES = ("none", "measurement")

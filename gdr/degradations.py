@@ -306,6 +306,38 @@ class Compose(Degradation):
         return " -> ".join(op.describe() for op in self.ops)
 
 
+class PerItem(Degradation):
+    """A batch whose rows each have their own localised operator (the gaps of each chunk, `localize`).
+
+    ``A(x)[b] = ops[b](x[b])``; masks are each row's, stacked along the batch: ``(B, 1, frames, 64)``. What lets
+    chunks of different clips (different gap positions) share one sampling run, each keeping its own mask.
+    """
+
+    def __init__(self, ops: list[Degradation]):
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+        self.name = ops[0].describe() if ops else "per-item"
+
+    def forward(self, x):
+        """``x``: ``(B, N)``, ``B = len(ops)``."""
+        if x.shape[0] != len(self.ops):
+            raise ValueError(f"{len(self.ops)} operators for a batch of {x.shape[0]}")
+        return torch.cat([op(x[b:b + 1]) for b, op in enumerate(self.ops)])
+
+    @property
+    def has_mel_mask(self):
+        return all(op.has_mel_mask for op in self.ops)
+
+    def mel_mask(self, frames, num_samples):
+        masks = [op.mel_mask(frames, num_samples) for op in self.ops]
+        if any(m is None for m in masks):
+            return None
+        return torch.cat(masks)
+
+    def describe(self):
+        return self.name
+
+
 def build_degradation(spec: dict | str) -> Degradation:
     """``"lowpass"`` or ``{"name": "lowpass", "cutoff_hz": 4000}`` -> operator."""
     if isinstance(spec, str):

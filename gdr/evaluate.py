@@ -1,8 +1,9 @@
 """The evaluation: clips x recipes x seeds (a sweep; a plain run is a grid of one) -> items -> report.
 
-Flow: config -> plan (clips, grid, items; everything validated before any work) -> model ->
-`Trainer.predict` over the pending items (one shard per rank) -> rank 0 collects every item's record,
-writes ``metrics.csv``, the statistics and the report, and logs to wandb (`gdr.wandb_log`).
+Flow: config -> plan (clips, grid, items; everything validated before any work) -> model -> the pending
+items packed into batches (`gdr.batching`: items of one recipe across clips, chunks and seeds share a sampling
+run) -> `Trainer.predict` over the packs (whole packs per rank, on every node) -> rank 0 collects every item's
+record, writes ``metrics.csv``, the statistics and the report, and logs to wandb (`gdr.wandb_log`).
 
 The output folder's layout (``config.yaml``, ``items/``, ``audio/``, ``metrics.csv``, the report) is
 `gdr.run_folder`'s; everything here writes through it.
@@ -34,6 +35,7 @@ from gdr.atomic import write_text
 from gdr.audio import SAMPLE_RATE, write_wav
 from gdr.backbone import AudioLDM2
 from gdr.baselines import BASELINES
+from gdr.batching import AUTO_CAP, BatchSize, auto_batch_size, pack, pack_size
 from gdr.builders import is_random_weights
 from gdr.chunking import chunk_layout, process_in_chunks
 from gdr.cli import quiet_lightning
@@ -138,7 +140,8 @@ def plan_evaluation(objects) -> Plan:
     base = {
         "degradation": dataclasses.asdict(objects.degradation),
         "guidance": dataclasses.asdict(objects.guidance),
-        "sampler": {k: v for k, v in dataclasses.asdict(objects.sampler).items() if k != "seeds"},
+        # Seeds make items; the batch size changes the speed, never a result: neither is part of a recipe.
+        "sampler": {k: v for k, v in dataclasses.asdict(objects.sampler).items() if k not in ("seeds", "batch_size")},
         "condition": dataclasses.asdict(objects.condition),
     }
     recipes = expand_grid(base, objects.sweep.grid)
@@ -147,7 +150,8 @@ def plan_evaluation(objects) -> Plan:
     context = {"model": objects.model.pretrained, "lora": file_hash(Path(lora) / "lora.safetensors") if lora else None,
                "lora_name": Path(lora).resolve().name if lora else None,
                "dtype": objects.model.dtype, "variant": objects.model.variant,
-               "seed_metrics": objects.report.seed_metrics, "chunk": dataclasses.asdict(objects.chunk)}
+               "seed_metrics": objects.report.seed_metrics,
+               "chunk": {k: v for k, v in dataclasses.asdict(objects.chunk).items() if k != "batch_size"}}
     kept, skipped = [], []
     for recipe in recipes:
         s = recipe["sampler"]  # sweep values skip the dataclass checks
@@ -232,17 +236,26 @@ def hash_bytes(x: torch.Tensor) -> str:
 
 # ------------------------------------------------------------------------------------------ work
 class EvaluationRunner(L.LightningModule):
-    """Executes items in `Trainer.predict`: each ``predict_step`` runs one item, writes its wav and record."""
+    """Executes items in `Trainer.predict`: each ``predict_step`` runs one pack (`packs`) and writes the wav and
+    record of each of its items.
 
-    def __init__(self, model: AudioLDM2, plan: Plan, folder: RunFolder, chunk_cfg, seed_metrics: bool = False):
+    A pack of method items shares a recipe and runs as one `GuidedReconstructor.reconstruct_clips` call: every
+    chunk of every item is one latent of a batch, with its own generator, measurement and mask, so an item's output
+    is the same in any pack (``sampler.batch_size: 1`` runs them one at a time). A baseline item is a pack of its own.
+    """
+
+    def __init__(self, model: AudioLDM2, plan: Plan, folder: RunFolder, chunk_cfg, seed_metrics: bool = False,
+                 batch_size: int | str = "auto"):
         super().__init__()
         self.model, self.plan, self.folder = model, plan, folder
         self.seed_metrics = seed_metrics
         self.chunk = int(round(chunk_cfg.seconds * SAMPLE_RATE))
         self.overlap = int(round(chunk_cfg.overlap_seconds * SAMPLE_RATE))
         self.chunk_batch = chunk_cfg.batch_size
+        self.batch_size = batch_size  # sampler.batch_size: an integer or "auto"
+        self.batch_limit: int | None = None  # set when an out-of-memory halved a batch: later packs stay below it
         self.conditionings: dict[str, Conditioning] = {}  # condition_key -> conditioning (`prepare_conditionings`)
-        self.stop = StopSignals()  # `run` installs it; items start only while no stop was asked for
+        self.stop = StopSignals()  # `run` installs it; packs start only while no stop was asked for
         self.log_lines: ProgressLines | None = None  # plain progress lines when stderr is not a terminal
 
     def measurement(self, item: Item, degradation: Degradation) -> torch.Tensor:
@@ -251,22 +264,76 @@ class EvaluationRunner(L.LightningModule):
         generator = torch.Generator().manual_seed(seed_for("degradation", clip.name, seed))
         return degradation.measure(clip.waveform[None], generator)[0]
 
-    def run_item(self, item: Item) -> tuple[torch.Tensor, bool]:
-        """The item's output waveform ``(N,)`` and whether it keeps the input's phase."""
-        degradation, guidance, schedule = _recipe_objects(item.recipe)
+    # -------------------------------------------------------------- packing
+    def window(self, item: Item) -> tuple[int, int]:
+        """``(chunks, samples per chunk)`` of an item's clip on the model's grid (`gdr.chunking.chunk_layout`)."""
+        grid = self.model.samples_multiple
+        layout = chunk_layout(self.plan.clips[item.clip].waveform.numel(), self.chunk, self.overlap, grid)
+        if len(layout.starts) == 1:
+            return 1, layout.length + (-layout.length) % grid
+        return len(layout.starts), layout.length
+
+    def packs(self, indices: list[int]) -> list[list[int]]:
+        """The items `indices` (plan indices) cut into packs: method items of one recipe and one chunk length share
+        a pack of up to `gdr.batching.pack_size` latents; baselines go alone."""
+        def key(i: int):
+            item = self.plan.items[i]
+            if item.kind != "method":
+                return ("baseline", i)
+            return json.dumps(item.recipe, sort_keys=True), self.window(item)[1]
+
+        def size(i: int) -> int:
+            item = self.plan.items[i]
+            return self.window(item)[0] if item.kind == "method" else 1
+
+        return pack(indices, key, size, pack_size(self.batch_size))
+
+    def batch_for(self, item: Item, guidance) -> BatchSize:
+        """Latents per sampling run for a pack of `item`'s recipe: the configured size, or ``auto`` from the
+        device's free memory; never above a size that ran out of memory before."""
+        if self.batch_size == "auto":
+            heavy = guidance.decoder_gradients
+            cfg = ConditionSpec.from_dict(item.recipe.get("condition")).cfg_scale != 1.0
+            value = auto_batch_size(self.model.device, seconds=self.window(item)[1] / SAMPLE_RATE, heavy=heavy,
+                                    cfg=cfg, dtype_bytes=next(self.model.unet.parameters()).element_size(),
+                                    cap=AUTO_CAP)
+        else:
+            value = int(self.batch_size)
+        return BatchSize(min(value, self.batch_limit or value))
+
+    # -------------------------------------------------------------- work
+    def run_methods(self, items: list[Item]) -> list[torch.Tensor]:
+        """The output waveforms ``(N_i,)`` of method items that share a recipe, sampled together."""
+        recipe = items[0].recipe
+        degradation, guidance, schedule = _recipe_objects(recipe)
+        s = recipe["sampler"]
+        module = GuidedReconstructor(self.model, degradation, guidance, schedule, steps=s["steps"], eta=s["eta"],
+                                     scheduler=s["scheduler"], domain=s["domain"],
+                                     return_denoised=s["return_denoised"], chunk_samples=self.chunk,
+                                     overlap_samples=self.overlap)
+        dtype = next(self.model.unet.parameters()).dtype
+        moved: dict[str, Conditioning | None] = {}  # one object per condition, so identical rows broadcast
+        for item in items:
+            key = condition_key(item)
+            if key not in moved:
+                conditioning = self.conditionings.get(key)
+                moved[key] = None if conditioning is None else conditioning.to(self.model.device, dtype)
+        conditionings = [moved[condition_key(item)] for item in items]
+        batch = self.batch_for(items[0], guidance)
+        before = batch.value
+        outs = module.reconstruct_clips([self.measurement(item, degradation) for item in items],
+                                        [seed_for(item.clip, item.seed) for item in items],
+                                        None if all(c is None for c in conditionings) else conditionings,
+                                        batch_size=batch)
+        if batch.value < before:
+            self.batch_limit = batch.value
+        return outs
+
+    def run_baseline(self, item: Item) -> tuple[torch.Tensor, bool]:
+        """A baseline item's output waveform ``(N,)`` and whether it keeps the input's phase."""
+        degradation = _recipe_objects(item.recipe)[0]
         x = self.plan.clips[item.clip].waveform
         y = self.measurement(item, degradation)
-        if item.kind == "method":
-            s = item.recipe["sampler"]
-            conditioning = self.conditionings.get(condition_key(item))
-            if conditioning is not None:
-                conditioning = conditioning.to(self.model.device, next(self.model.unet.parameters()).dtype)
-            module = GuidedReconstructor(self.model, degradation, guidance, schedule, steps=s["steps"], eta=s["eta"],
-                                         scheduler=s["scheduler"], domain=s["domain"],
-                                         return_denoised=s["return_denoised"], chunk_samples=self.chunk,
-                                         overlap_samples=self.overlap, chunk_batch=self.chunk_batch,
-                                         conditioning=conditioning)
-            return module.reconstruct_clip(y, seed_for(item.clip, item.seed)), False
         baseline = BASELINES["vae_roundtrip" if item.method == ORACLE else item.method]
         source = x if item.method == ORACLE else y
         if not baseline.chunked:
@@ -281,21 +348,30 @@ class EvaluationRunner(L.LightningModule):
         return out, baseline.phase_coherent
 
     def predict_step(self, batch: list[int], batch_idx: int = 0) -> None:
-        for index in batch:
-            item = self.plan.items[index]
-            if self.folder.record(item.key).exists():  # another rank (padding) or an earlier run did it
-                continue
-            self.stop.check(f"{sum(self.folder.record(i.key).exists() for i in self.plan.items)} of "
-                            f"{len(self.plan.items)} items done")
-            device = self.model.device
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            out, phase = self.run_item(item)
-            wall = time.perf_counter() - start
-            self.finish(item, out, phase, wall, peak_memory_mb(device))
+        """`batch`: one pack (plan indices, `packs`)."""
+        # Another rank (the sampler's padding) or an earlier run may have done some.
+        items = [self.plan.items[i] for i in batch if not self.folder.record(self.plan.items[i].key).exists()]
+        if not items:
+            return
+        self.stop.check(f"{sum(self.folder.record(i.key).exists() for i in self.plan.items)} of "
+                        f"{len(self.plan.items)} items done")
+        device = self.model.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        if items[0].kind == "method":
+            outs = self.run_methods(items)
+            phases = [False] * len(items)
+        else:
+            outs, phases = map(list, zip(*(self.run_baseline(item) for item in items)))
+        wall = time.perf_counter() - start
+        peak = peak_memory_mb(device)
+        # Each item's share of the pack's time, by its latents (chunks): the sum over a run is its sampling time.
+        latents = [self.window(item)[0] if item.kind == "method" else 1 for item in items]
+        for item, out, phase, n in zip(items, outs, phases, latents):
+            self.finish(item, out, phase, wall * n / sum(latents), peak)
             if self.log_lines is not None:
-                self.log_lines.finished(f"{item.clip} | {item.task} | {item.output}", wall)
+                self.log_lines.finished(f"{item.clip} | {item.task} | {item.output}", wall * n / sum(latents))
 
     def finish(self, item: Item, out: torch.Tensor, phase: bool, wall: float, peak: float) -> None:
         clip = self.plan.clips[item.clip]
@@ -374,15 +450,15 @@ def prepare_conditionings(runner: "EvaluationRunner", items: list[Item], cache_d
         cache.close()
 
 
-class _Indices(torch.utils.data.Dataset):
-    def __init__(self, indices: list[int]):
-        self.indices = indices
+class _Packs(torch.utils.data.Dataset):
+    def __init__(self, packs: list[list[int]]):
+        self.packs = packs
 
     def __len__(self):
-        return len(self.indices)
+        return len(self.packs)
 
     def __getitem__(self, i):
-        return self.indices[i]
+        return self.packs[i]
 
 
 def run_folder(out_dir: Path, plan: Plan) -> RunFolder:
@@ -416,17 +492,20 @@ def format_seconds(seconds: float) -> str:
 
 
 def predict(runner: EvaluationRunner, pending: list[int], accelerator: str, trainer_cfg, progress: bool) -> bool:
-    """Run the `pending` items (plan indices) with `Trainer.predict`, one shard per rank; returns whether this
-    process is rank 0 (which then writes the tables and the report, once every shard's records are on disk)."""
+    """Run the `pending` items (plan indices) with `Trainer.predict`, whole packs per rank (every rank cuts the same
+    packs from the same list; Lightning's sampler deals them out over ``num_nodes x devices`` processes); returns
+    whether this process is rank 0 (which then writes the tables and the report, once every rank's records are on
+    disk: the barrier)."""
     quiet_lightning()  # also when called from Python rather than the script
     # A bar on a terminal; in a log (CI, | tee, SLURM) a bar is one line rewritten in place, so one line per item.
     terminal = sys.stderr.isatty()
-    share = math.ceil(len(pending) / trainer_cfg.devices)
+    packs = runner.packs(pending)
+    share = math.ceil(len(pending) / trainer_cfg.world_size)
     runner.log_lines = ProgressLines(share) if progress and not terminal else None
-    trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=progress and terminal,
-                        enable_model_summary=False, inference_mode=False)
-    loader = DataLoader(_Indices(pending), batch_size=1, collate_fn=list)
+    trainer = L.Trainer(accelerator=accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
+                        strategy=trainer_cfg.strategy, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=progress and terminal, enable_model_summary=False, inference_mode=False)
+    loader = DataLoader(_Packs(packs), batch_size=None)  # one pack per step
     trainer.predict(runner, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     return trainer.is_global_zero
@@ -444,14 +523,15 @@ def run(cfg, objects, parser) -> Path | None:
     trainer_cfg = objects.trainer
     device = resolve_device(objects.model.device)
     accelerator = trainer_cfg.accelerator if trainer_cfg.accelerator != "auto" else device.type
-    model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.devices > 1 else device,
+    model = load_model(objects.model, device=torch.device("cpu") if trainer_cfg.world_size > 1 else device,
                        null_condition=objects.condition.unconditional)
     plan.random_weights = plan.random_weights or is_random_weights(model.source)
     # The chunk length and overlap on this model's grid (a ConfigError here is still before any work).
     chunk_layout(1, round(objects.chunk.seconds * SAMPLE_RATE), round(objects.chunk.overlap_seconds * SAMPLE_RATE),
                  model.samples_multiple)
     folder = run_folder(out_dir, plan)
-    runner = EvaluationRunner(model, plan, folder, objects.chunk, seed_metrics=objects.report.seed_metrics)
+    runner = EvaluationRunner(model, plan, folder, objects.chunk, seed_metrics=objects.report.seed_metrics,
+                              batch_size=objects.sampler.batch_size)
     if int(os.environ.get("RANK", "0")) == 0:
         folder.remove_stale_temporaries(older_than=started)
     pending = [i for i, item in enumerate(plan.items) if not folder.record(item.key).exists()]
@@ -460,6 +540,10 @@ def run(cfg, objects, parser) -> Path | None:
         start = time.perf_counter()
         if pending and not predict(runner, pending, accelerator, trainer_cfg, objects.progress):
             return None
+    missing = [item for item in plan.items if not folder.record(item.key).exists()]
+    if missing:  # every rank passed the barrier, so their records are written: this rank cannot see them
+        raise ConfigError(f"{len(missing)} of {len(plan.items)} items have no record in {out_dir} after every rank "
+                          "finished: with several nodes, output_dir must be a folder every node sees (a shared disk)")
     for name, clip in plan.clips.items():
         if not folder.input_wav(name).exists():
             write_wav(folder.input_wav(name), clip.waveform)

@@ -33,7 +33,7 @@ def sample(
     *,
     steps: int,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     return_denoised: bool = True,
     progress: bool = False,
     grad_from: int | None = None,
@@ -47,8 +47,8 @@ def sample(
         guidance, schedule: the method and its per-step strength.
         measurement: residual and target latent of this batch.
         steps: number of inference steps; eta: DDIM eta (ignored by schedulers without one).
-        generator: the only source of randomness (initial noise, eta noise, method noise): one generator, or
-            one per batch item (diffusers' ``randn_tensor`` then draws each item from its own stream).
+        generator: the only source of randomness (initial noise, eta noise, method noise); a list gives batch
+            row ``b`` its own stream ``generator[b]`` (diffusers' `randn_tensor`), the same in any batch as alone.
         grad_from: keep the autograd graph from step `grad_from` to the end (learning a schedule or an
             adapter end to end; 0 = the whole loop); earlier steps, and every step when None, run without one.
         checkpoint: recompute the UNet in the backward pass of those steps (activation checkpointing), so

@@ -45,7 +45,7 @@ from gdr.adapters import inject_lora, save_lora
 from gdr.atomic import write_text
 from gdr.audio import SAMPLE_RATE
 from gdr.backbone import AudioLDM2, default_cache_dir
-from gdr.conditioning import Conditioning, ConditionSpec, stack_conditionings
+from gdr.conditioning import Conditioning, ConditionSpec
 from gdr.degradations import build_degradation
 from gdr.errors import ConfigError
 from gdr.methods import GUIDANCE, build_guidance
@@ -269,7 +269,7 @@ class _Learner(L.LightningModule):
         if spec.conditioned and spec.audio == "measurement":
             stack = self.text_stack()
             items = [stack.conditioning(spec, y.detach().float().cpu()) for y in batch["y"]]
-            return stack_conditionings(items).to(self.device)
+            return Conditioning.stack(items).to(self.device)
         if self._conditioning is None:
             from gdr.condition_cache import ConditionCache
 
@@ -457,7 +457,7 @@ class LoraAdapterLearner(_Learner):
         else:
             items = [stack.conditioning(dataclasses.replace(spec, audio="measurement"), x.detach().float().cpu())
                      for x in batch["x"]]
-        return stack_conditionings(items).to(self.device)
+        return Conditioning.stack(items).to(self.device)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.objective == "guided":

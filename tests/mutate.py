@@ -60,6 +60,8 @@ CONFIG = "tests/test_evaluate_script.py::test_config_sections_refuse_values_just
 KINDS = ("tests/test_speech_metrics.py::test_clip_kind_from_manifest_then_folder_then_default",
          "tests/test_speech_metrics.py::test_folders_above_the_data_folder_do_not_mark_its_clips")
 OWN_CONDITION = "tests/test_cfg.py::test_every_item_is_conditioned_on_the_clap_audio_of_its_own_measurement"
+BATCHED = "tests/test_batching.py"
+BATCHED_EVAL = "tests/test_batching.py::test_evaluation_batched_equals_one_at_a_time_in_wavs_and_metrics"
 MUTATIONS = [
     # ---- methods (gdr/methods/)
     M("dps_sign", "gdr/methods/classic.py", "return step.z_prev - scale * grad", "return step.z_prev + scale * grad",
@@ -123,8 +125,8 @@ MUTATIONS = [
       "return k % self.every == 0", (ORACLE,), "ReSample does not skip the first third"),
     M("resample_travel_short", LATENT, "last = min(step.i + self.travel, step.n - 1)",
       "last = min(step.i + self.travel - 1, step.n - 1)", (ORACLE,), "look-ahead one step short"),
-    M("resample_tol_unsquared", LATENT, "if self.tol and float(loss.detach()) < self.tol**2:",
-      "if self.tol and float(loss.detach()) < self.tol:", (ORACLE,), "early stop on the MSE against tol, not tol^2"),
+    M("resample_tol_unsquared", LATENT, "stop = (per_item.detach() < self.tol**2) & ~done",
+      "stop = (per_item.detach() < self.tol) & ~done", (ORACLE,), "early stop on the MSE against tol, not tol^2"),
     M("daps_langevin_noise", LATENT, "x = x + lr * score + math.sqrt(2 * lr) * noise_like(x)",
       "x = x + lr * score + math.sqrt(lr) * noise_like(x)", (ORACLE,), "Langevin noise sqrt(lr) for sqrt(2 lr)"),
     M("daps_prior_variance", LATENT, "self.langevin(self.ode(step, ctx), ctx.measurement, (1 - a) / a,",
@@ -215,6 +217,37 @@ MUTATIONS = [
       "downloads pickled .bin before safetensors"),
     M("hub_no_deadline", "gdr/hub.py", "thread.join(seconds)", "thread.join()", ("tests/test_hub.py",),
       "an unanswered hub request is waited for without bound"),
+    # ---- batching (gdr/batching.py, gdr/module.py): a batch must give each item what it gets alone
+    M("batch_one_generator", "gdr/module.py",
+      "return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]",
+      "return [torch.Generator(device=device).manual_seed(int(seeds[0]))] * len(seeds)", (BATCHED,),
+      "one generator shared by the batch (rows draw one after another from it)"),
+    M("batch_loss_summed", "gdr/methods/base.py",
+      'return (sq.clamp_min(1e-30).sqrt() if kind == "norm" else sq).sum()',
+      'return sq.sum().clamp_min(1e-30).sqrt() if kind == "norm" else sq.sum()', (BATCHED,),
+      "the data loss's norm taken over the whole batch, not per item"),
+    M("batch_resample_mean", LATENT, "per_item = measurement.residual(z).pow(2).flatten(1).mean(dim=1)",
+      "per_item = measurement.residual(z).pow(2).mean().expand(z.shape[0])", (BATCHED,),
+      "ReSample's loss and early stop on the batch mean"),
+    M("batch_mask_from_item0", "gdr/degradations.py", "masks = [op.mel_mask(frames, num_samples) for op in self.ops]\n"
+      "        if any(m is None for m in masks):\n            return None\n        return torch.cat(masks)",
+      "masks = [self.ops[0].mel_mask(frames, num_samples)] * len(self.ops)\n"
+      "        if any(m is None for m in masks):\n            return None\n        return torch.cat(masks)", (BATCHED,),
+      "every row of a batch gets item 0's gap mask"),
+    M("batch_operator_from_item0", "gdr/degradations.py",
+      "return torch.cat([op(x[b:b + 1]) for b, op in enumerate(self.ops)])",
+      "return torch.cat([self.ops[0](x[b:b + 1]) for b in range(len(self.ops))])", (BATCHED,),
+      "every row's waveform goes through item 0's gap operator"),
+    M("batch_condition_from_item0", "gdr/conditioning.py",
+      "        if all(row is rows[0] for row in rows):\n            return rows[0]\n",
+      "        return rows[0]\n", (BATCHED, OWN_CONDITION), "every row conditioned on item 0's condition"),
+    M("batch_rows_joined_swapped", "gdr/module.py", "for (i, _), piece in zip(rows, out):",
+      "for (i, _), piece in zip(rows, out.flip(0)):", (BATCHED,),
+      "a batch's outputs joined into each other's clips"),
+    M("batch_items_named_swapped", "gdr/evaluate.py",
+      "for item, out, phase, n in zip(items, outs, phases, latents):",
+      "for item, out, phase, n in zip(items, outs[::-1], phases, latents):", (BATCHED_EVAL,),
+      "items of a pack written under each other's names"),
     # ---- chunking (gdr/chunking.py)
     M("crossfade_amplitude", "gdr/chunking.py", "gain = 1.0 / torch.sqrt(1.0 + rho * torch.sin(2 * theta))",
       "gain = 1.0 / (torch.cos(theta) + torch.sin(theta))", ("tests/test_chunking.py",),

@@ -206,28 +206,33 @@ def test_every_item_is_conditioned_on_the_clap_audio_of_its_own_measurement(tiny
     assert len(items) == (4 if case == "clips" else 2)
     evaluate.prepare_conditionings(runner, items, tmp_path / "cache")
 
-    passed = []
-    real = evaluate.GuidedReconstructor
+    passed = []  # (item, the conditioning of its row) for every row the sampler saw
+    real = evaluate.GuidedReconstructor.reconstruct
 
-    def spy(*args, conditioning=None, **kwargs):
-        passed.append(conditioning)
-        return real(*args, conditioning=conditioning, **kwargs)
+    def spy(self, y, generator=None, support=None, conditioning=None):
+        passed.extend(conditioning.cond.gpt2[b if conditioning.cond.gpt2.shape[0] > 1 else 0] for b in range(len(y)))
+        return real(self, y, generator, support, conditioning)
 
-    monkeypatch.setattr(evaluate, "GuidedReconstructor", spy)
+    monkeypatch.setattr(evaluate.GuidedReconstructor, "reconstruct", spy)
     spec = ConditionSpec(audio="measurement")
     seen = []
-    for item in items:
-        out, _ = runner.run_item(item)
-        assert torch.isfinite(out).all()
-        degradation = item.recipe["degradation"]
-        y = build_degradation({"name": degradation["name"], **(degradation["params"] or {})})(
-            plan.clips[item.clip].waveform[None])
-        expected = stack.conditioning(spec, audio=y[0]).cond
-        got = passed[-1].cond
-        torch.testing.assert_close(got.gpt2, expected.gpt2, rtol=1e-5, atol=1e-6, msg=f"{item.clip} {item.task}")
-        torch.testing.assert_close(got.t5, expected.t5)
-        seen.append(got.gpt2)
-    assert len(passed) == len(items)
+    indices = [plan.items.index(item) for item in items]
+    packs = runner.packs(indices)
+    if case == "clips":  # items of one recipe share a batch, each row with its own condition
+        assert [len(p) for p in packs] == [4]
+    for indices_of_pack in packs:
+        pack_items = [plan.items[i] for i in indices_of_pack]
+        outs = runner.run_methods(pack_items)
+        assert all(torch.isfinite(out).all() for out in outs)
+        rows = passed[-len(pack_items):]  # one chunk per item: one row each, in order
+        for item, got in zip(pack_items, rows):
+            degradation = item.recipe["degradation"]
+            y = build_degradation({"name": degradation["name"], **(degradation["params"] or {})})(
+                plan.clips[item.clip].waveform[None])
+            expected = stack.conditioning(spec, audio=y[0]).cond
+            torch.testing.assert_close(got, expected.gpt2[0], rtol=1e-5, atol=1e-6, msg=f"{item.clip} {item.task}")
+            seen.append(got)
+    assert len(seen) == len(items)
     for i in range(len(seen)):  # and the items' conditionings differ from one another
         for j in range(i):
             assert (seen[i] - seen[j]).abs().max() > 1e-4, (items[i].clip, items[i].task, items[j].task)

@@ -292,17 +292,22 @@ def replay(method, p, g, mask_kind, *, sched, steps, eta, return_denoised=True, 
 
 
 def _adamw(z0, lr, iters, tol, *, m, y):
-    """``torch.optim.AdamW`` (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01, decoupled) on the mean of
-    ``(m (z - y))^2`` from `z0`, stopping after a step whose loss was below ``tol^2`` (ReSample's code)."""
+    """``torch.optim.AdamW`` (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01, decoupled) on each row's (item's) mean
+    of ``(m (z - y))^2`` from `z0` ``(B, D)``, a row stopping after a step whose loss was below ``tol^2`` (ReSample's
+    code, per item: the other rows go on)."""
     z, m1, m2 = z0.copy(), np.zeros_like(z0), np.zeros_like(z0)
+    done = np.zeros(len(z), dtype=bool)
     for k in range(1, iters + 1):
         r = m * (z - y)
-        loss, g = np.mean(r**2), 2 * m * r / r.size
-        z = z * (1 - lr * 0.01)
+        loss, g = np.mean(r**2, axis=1), 2 * m * r / r.shape[1]
+        step = z * (1 - lr * 0.01)
         m1 = 0.9 * m1 + 0.1 * g
         m2 = 0.999 * m2 + 0.001 * g**2
-        z = z - lr / (1 - 0.9**k) * m1 / (np.sqrt(m2) / math.sqrt(1 - 0.999**k) + 1e-8)
-        if tol and loss < tol**2:
+        step = step - lr / (1 - 0.9**k) * m1 / (np.sqrt(m2) / math.sqrt(1 - 0.999**k) + 1e-8)
+        z = np.where(done[:, None], z, step)
+        if tol:
+            done |= loss < tol**2
+        if done.all():
             break
     return z
 

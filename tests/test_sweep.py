@@ -65,6 +65,20 @@ def _without_timing(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def assert_rows_close(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    """metrics.csv rows equal: text columns exactly, numbers within `tol` (batches change float reduction order)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            try:
+                x, y = float(ra[key]), float(rb[key])
+            except ValueError:
+                assert ra[key] == rb[key], (ra["clip"], ra["method"], key)
+                continue
+            assert abs(x - y) <= tol, (ra["clip"], ra["method"], key, ra[key], rb[key])
+
+
 class _Audio(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -146,7 +160,9 @@ def test_kill_and_resume_gives_the_same_results(tmp_path, tiny_dir):
         json.loads(record.read_text())
     before = {r: (r.stat().st_mtime_ns, r.read_bytes()) for r in done}
     assert _finish(_start(config, out)) == 0
-    assert _without_timing(_rows(out / "metrics.csv")) == _without_timing(_rows(reference / "metrics.csv"))
+    # The resumed run packs the items left into other batches than the uninterrupted one: equal up to float32
+    # reduction order (tests/test_batching.py), the other columns exactly.
+    assert_rows_close(_without_timing(_rows(out / "metrics.csv")), _without_timing(_rows(reference / "metrics.csv")))
     assert not list(out.rglob("*.tmp"))
     # Finished items were skipped, not recomputed: their records are untouched.
     assert {r: (r.stat().st_mtime_ns, r.read_bytes()) for r in done} == before

@@ -63,13 +63,14 @@ class Context:
     measurement: Measurement
     scheduler: object
     timesteps: torch.Tensor
-    generator: torch.Generator | None
+    generator: torch.Generator | list[torch.Generator] | None  # a list: one per batch row (`noise_like`)
     keep_graph: bool = False  # the sampler keeps the graph through this step (learning the schedule)
     # The sampler's own ``(z_t (B, C, L, F), t) -> eps`` callable, for methods that need more UNet passes than the
     # step's one (DAPS's probability-flow ODE, ReSample's look-ahead). Conditioning lives inside it.
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def noise_like(self, z: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `z` ``(B, ...)``; with a list of generators row ``b`` from ``generator[b]``."""
         from diffusers.utils.torch_utils import randn_tensor
 
         return randn_tensor(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)

@@ -106,9 +106,9 @@ class ReSample(EveryK):
        ``E(glue(D(z0)))`` (`Measurement.glue`: the point that gradient descent on ``|A u - y|^2`` from
        ``u = D(z0)`` converges to for projections; the code runs AdamW for it); in the last third (and always on
        the last step) the latent optimisation ``argmin_z mean |A(G(z)) - y|^2`` by AdamW (lr ``lr``, the code's
-       weight decay 0.01) from ``z0``, ``iters`` iterations, stopped early when the mean squared residual (over the
-       batch, as the code's ``MSELoss``) drops below ``tol^2`` (the code's noise-level stop; its second,
-       200-iteration plateau rule is not used);
+       weight decay 0.01) from ``z0``, ``iters`` iterations, stopped early when the mean squared residual (the
+       code's ``MSELoss``, per item: each item of a batch stops on its own) drops below ``tol^2`` (the code's
+       noise-level stop; its second, 200-iteration plateau rule is not used);
     3. stochastic resampling (the paper's Proposition; the code's ``stochastic_resample``), ``a = a_prev``::
 
            z_prev ~ N( (sigma^2 sqrt(a) z0(y) + (1 - a) z_prev) / (sigma^2 + 1 - a), sigma^2 (1 - a) / (sigma^2 + 1 - a) I )
@@ -170,16 +170,27 @@ class ReSample(EveryK):
         return z0
 
     def optimise(self, z0: torch.Tensor, measurement: Measurement) -> torch.Tensor:
-        """Latent-space hard data consistency: AdamW on the mean squared residual from `z0`, ``(B, C, L, F)``."""
+        """Latent-space hard data consistency: AdamW on each item's mean squared residual from `z0`, ``(B, C, L, F)``.
+
+        The loss is the sum of the items' own means (so each item gets exactly its own gradient, and AdamW's state is
+        per element); an item that meets the tolerance keeps the value of that iteration while the others go on."""
         with torch.enable_grad():
             z = z0.detach().clone().requires_grad_(True)
             opt = torch.optim.AdamW([z], lr=self.lr)
+            done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+            kept = torch.zeros_like(z, requires_grad=False)
             for _ in range(self.iters):
                 opt.zero_grad()
-                loss = measurement.residual(z).pow(2).mean()
-                loss.backward()
+                per_item = measurement.residual(z).pow(2).flatten(1).mean(dim=1)  # (B,)
+                per_item.sum().backward()
                 opt.step()
-                if self.tol and float(loss.detach()) < self.tol**2:
+                with torch.no_grad():
+                    z[done] = kept[done]  # items that stopped stay where they stopped
+                    if self.tol:
+                        stop = (per_item.detach() < self.tol**2) & ~done
+                        kept[stop] = z[stop]
+                        done |= stop
+                if bool(done.all()):
                     break
         return z.detach()
 
