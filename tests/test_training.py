@@ -351,20 +351,22 @@ CHEAP_PARAMS = {"diffpir": {"iters": 2}, "resample": {"every": 1, "iters": 2},
 
 @pytest.mark.parametrize("guidance", ["latent_pull", "inpaint", "dps", "mpgd", "diffpir", "psld", "resample", "daps"])
 def test_every_method_with_a_strength_gets_schedule_gradients(tmp_path, cache_dir, tiny_dir, guidance):
-    learner = _schedule(tmp_path, cache_dir, guidance=guidance, steps=3, grad_steps=2,
+    learner = _schedule(tmp_path, cache_dir, guidance=guidance, steps=3, init_scale=0.5,
                         guidance_params=CHEAP_PARAMS.get(guidance))
     batch = next(iter(_data(crop_seconds=0.32).train_dataloader()))
     loss = learner.training_step(batch, 0)
     loss.backward()
     grad = learner.schedule.raw.grad
     assert torch.isfinite(loss) and grad is not None and torch.isfinite(grad).all()
-    assert (grad.abs() > 0).all(), grad  # the whole loop is in the graph: every step's strength has a gradient
+    # The whole loop is in the graph: every step's strength has a gradient. (Not at strength 1 for latent_pull and
+    # inpaint: their last step then returns z_y itself, which no earlier step can change.)
+    assert (grad.abs() > 0).all(), grad
 
 
 def test_the_grad_steps_window_moves_so_every_strength_is_trained_over_a_run(tmp_path, cache_dir, tiny_dir):
     """grad_steps k: the graph starts at a step drawn per optimizer step in [0, steps - k]; strengths before it get
     no gradient that step, and over a few steps every position is drawn."""
-    learner = _schedule(tmp_path, cache_dir, guidance="latent_pull", steps=3, grad_steps=1)
+    learner = _schedule(tmp_path, cache_dir, guidance="latent_pull", steps=3, grad_steps=1, init_scale=0.5)
     batch = next(iter(_data(crop_seconds=0.32).train_dataloader()))
     starts = set()
     for step in range(12):
