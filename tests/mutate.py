@@ -56,6 +56,7 @@ FAD_FORMULA = "tests/test_fad.py::test_frechet_distance_equals_the_textbook_form
 SCHEDULES = "tests/test_schedules.py"
 LORA = "tests/test_training.py::test_a_fresh_lora_changes_nothing_trains_only_itself_and_reloads_with_its_alpha"
 TRAINING = "tests/test_training.py::"
+DATA = "tests/test_datamodule.py::"
 CONFIG = "tests/test_evaluate_script.py::test_config_sections_refuse_values_just_outside_their_ranges"
 KINDS = ("tests/test_speech_metrics.py::test_clip_kind_from_manifest_then_folder_then_default",
          "tests/test_speech_metrics.py::test_folders_above_the_data_folder_do_not_mark_its_clips")
@@ -293,15 +294,18 @@ MUTATIONS = [
       "raw = math.log(init)", (TRAINING + "test_learned_schedule_starts_at_its_initial_strength",), "softplus not inverted at init: the schedule starts at log(1 + init)"),
     M("checkpoint_drops_lora", "gdr/training.py", "if k in keep or not k.startswith(\"backbone.\")}",
       "if not k.startswith(\"backbone.\")}", (TRAINING + "test_checkpoints_keep_every_trained_parameter_and_nothing_else_of_the_backbone",), "checkpoints drop the trained LoRA weights"),
-    M("items_ignore_epoch", "gdr/datamodule.py", 'seed_for("item", self.seed, epoch, i)', 'seed_for("item", self.seed, i)',
-      (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",), "every epoch sees the same crops and noise"),
-    M("sampler_not_sharded", "gdr/datamodule.py",
-      "return iter(range(self.epoch * self.n + rank, (self.epoch + 1) * self.n, world))",
-      "return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))", (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",),
-      "every rank trains on the whole epoch"),
-    M("split_leaks_validation", "gdr/datamodule.py", "self.train_clips = [clips[i] for i in sorted(order[n_val:])]",
-      "self.train_clips = [clips[i] for i in sorted(order[n_val - 1:])]", (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",),
-      "a validation file is also trained on"),
+    M("items_ignore_epoch", "gdr/datamodule.py", 'seed_for("item", self.seed, epoch, position)',
+      'seed_for("item", self.seed, position)', (DATA + "test_short_epochs_draw_without_replacement_and_continue_where_the_last_stopped",),
+      "every epoch's items get the same keys, crops and noise"),
+    M("draws_ignore_pass", "gdr/datamodule.py", "k, offset = divmod(draw, n)", "k, offset = 0, draw % n",
+      (DATA + "test_short_epochs_draw_without_replacement_and_continue_where_the_last_stopped",),
+      "every pass over the files in the same order"),
+    M("resample_block_too_short", "gdr/audio.py", "first = max(0, start // new - math.ceil(width / orig))",
+      "first = max(0, start // new)", (DATA + "test_lazy_crops_equal_the_slice_of_the_whole_decoded_resampled_file",),
+      "a lazy crop misses the resampling filter's left margin"),
+    M("split_leaks_validation", "gdr/datamodule.py", "in_val = [(str(Path(name).parent) if split_by == \"folder\" else name)",
+      "in_val = [(name)", (DATA + "test_split_by_folder_keeps_every_folder_on_one_side",),
+      "split_by folder splits files, not folders"),
     # ---- config ranges (gdr/config.py)
     M("overlap_up_to_whole_chunk", "gdr/config.py", "if not 0 <= self.overlap_seconds <= self.seconds / 2:",
       "if not 0 <= self.overlap_seconds <= self.seconds:", (CONFIG,), "chunk overlap allowed up to a whole chunk"),
