@@ -57,6 +57,8 @@ SCHEDULES = "tests/test_schedules.py"
 LORA = "tests/test_training.py::test_a_fresh_lora_changes_nothing_trains_only_itself_and_reloads_with_its_alpha"
 TRAINING = "tests/test_training.py::"
 DATA = "tests/test_datamodule.py::"
+LEARNED_VS_CONSTANT = ("tests/test_learned_vs_constant.py::"
+                       "test_a_learned_schedule_is_compared_with_the_best_constant_strength_of_its_own_setting")
 CONFIG = "tests/test_evaluate_script.py::test_config_sections_refuse_values_just_outside_their_ranges"
 KINDS = ("tests/test_speech_metrics.py::test_clip_kind_from_manifest_then_folder_then_default",
          "tests/test_speech_metrics.py::test_folders_above_the_data_folder_do_not_mark_its_clips")
@@ -330,6 +332,16 @@ MUTATIONS = [
     M("kind_above_data_folder", "gdr/data.py", "if folder == base or folder == folder.parent:",
       "if folder == folder.parent:", KINDS, "folders above the data folder mark its clips"),
     # ---- report, listening, plots (gdr/report.py, gdr/listening.py, gdr/plots.py, gdr/templates/)
+    M("learned_vs_first_constant", "gdr/report.py",
+      "constant = best_baseline(rows, task, metric, constant_peers(rows, task, method))",
+      "constant = (constant_peers(rows, task, method) or [None])[0]", (LEARNED_VS_CONSTANT,),
+      "a learned schedule compared with the first constant strength, not the best"),
+    M("learned_vs_any_steps", "gdr/report.py", "and peer[0].startswith(\"s=\") and peer[1] == learned[1]]",
+      "and peer[0].startswith(\"s=\")]", (LEARNED_VS_CONSTANT,),
+      "the best constant may come from another step count or setting"),
+    M("seeded_reference_last_seed", "gdr/stats.py", "by_clip.setdefault(r[\"clip\"], []).append(v)",
+      "by_clip[r[\"clip\"]] = [v]", (LEARNED_VS_CONSTANT,),
+      "a seeded reference is paired by its last seed only"),
     M("report_autoescape_off", "gdr/report.py",
       'autoescape=select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=("md.j2",)),',
       "autoescape=False,", ("tests/test_report.py::test_clip_names_are_text_in_the_html_and_as_written_in_the_markdown",),
