@@ -266,3 +266,19 @@ def test_evaluate_runs_on_exactly_the_held_out_list(tmp_path, capsys, tiny_dir):
     proc = run_in_process(["--config", "configs/smoke.yaml", "--data.root", str(root), "--data.files", str(missing),
                            "--output_dir", str(tmp_path / "out2")], capsys)
     assert proc.returncode == 1 and "missing.txt, line 2" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_several_processes_without_lightnings_sharding_fail_in_one_line(tmp_path):
+    """The sampler yields the whole epoch; without use_distributed_sampler every rank would train on all of it."""
+    from types import SimpleNamespace
+
+    _tone_folder(tmp_path, 4)
+    data = _data(tmp_path)
+    for world, shard, fails in ((2, False, True), (2, True, False), (1, False, False)):
+        data.trainer = SimpleNamespace(world_size=world,
+                                       _accelerator_connector=SimpleNamespace(use_distributed_sampler=shard))
+        if fails:
+            with pytest.raises(GdrError, match="use_distributed_sampler must be true"):
+                data.train_dataloader()
+        else:
+            assert isinstance(data.train_dataloader().sampler, EpochSampler)
