@@ -16,7 +16,9 @@ The front end follows the original AudioLDM2 code (haoheliu/AudioLDM2,
 from __future__ import annotations
 
 import functools
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -47,24 +49,101 @@ MIN_SAMPLES = N_FFT
 # -100 dBFS: below this the file is treated as digital silence; normalising it would only
 # amplify dither or rounding noise by > 90 dB.
 SILENCE_PEAK = 1e-5
+# torchaudio.functional.resample's defaults (windowed sinc, Hann), which `read_resampled` relies on.
+RESAMPLE_FILTER_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
 
 MonoMode = Literal["first", "mean"]
 
 
-def read_audio(path: str | os.PathLike, dtype: str = "float32") -> tuple[np.ndarray, int]:
-    """Read any file soundfile can decode. Returns ``(samples (N, C) in `dtype`, sample_rate)``, full scale 1
-    (``float64`` holds every PCM code exactly, up to 32 bits)."""
-    path = Path(path)
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: ``frames`` (samples per channel), ``sample_rate`` in Hz, ``channels``."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def frames_16k(self) -> int:
+        """Length at 16 kHz after `torchaudio.functional.resample` (its ``ceil(frames * new / orig)``)."""
+        g = math.gcd(self.sample_rate, SAMPLE_RATE)
+        return -(-self.frames * (SAMPLE_RATE // g) // (self.sample_rate // g))
+
+
+def _unreadable(path: Path, exc: Exception) -> UnreadableAudioError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return UnreadableAudioError(f"{path}: not readable as audio ({reason})")
+
+
+def _check_exists(path: Path) -> None:
     if not path.exists():
         raise AudioFileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise UnreadableAudioError(f"{path}: is a folder, not an audio file")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """The header of an audio file, without decoding its samples; a file soundfile cannot open raises, naming it."""
+    path = Path(path)
+    _check_exists(path)
     try:
-        data, sr = sf.read(str(path), dtype=dtype, always_2d=True)
+        info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnreadableAudioError(f"{path}: not readable as audio ({reason})") from None
+        raise _unreadable(path, exc) from None
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def read_audio(path: str | os.PathLike, dtype: str = "float32", start: int = 0,
+               stop: int | None = None) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can decode, or only its frames ``start .. stop - 1`` (seeking, not decoding the
+    rest). Returns ``(samples (N, C) in `dtype`, sample_rate)``, full scale 1 (``float64`` holds every PCM code
+    exactly, up to 32 bits)."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        data, sr = sf.read(str(path), dtype=dtype, always_2d=True, start=start, stop=stop)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
     return data, int(sr)
+
+
+def read_resampled(path: str | os.PathLike, info: AudioInfo, start: int, stop: int, *,
+                   mono: MonoMode = "first") -> torch.Tensor:
+    """Samples ``start .. stop - 1`` of a file's 16 kHz mono version, reading only the frames they depend on.
+
+    Equal (up to float32 rounding of the convolution) to ``resample(mono(whole file))[start:stop]`` as
+    `prepare_waveform` computes it before normalisation: torchaudio's windowed-sinc output ``j`` is
+    ``kernel[j % new] . x[(j // new) * orig - width : (j // new) * orig + orig + width]`` (rates divided by
+    their gcd), so reading from a multiple of ``orig`` that is ``width`` frames early and ``width`` frames late
+    gives the same outputs; at the file's ends the block ends where the file does, with the same zero padding.
+
+    Args:
+        info: the file's `audio_info` (read once, at listing time).
+        start, stop: ``0 <= start < stop <= info.frames_16k``, in 16 kHz samples.
+
+    Returns:
+        ``(stop - start,)`` float32, not normalised, not checked for silence (callers decide).
+    """
+    sr = info.sample_rate
+    if sr == SAMPLE_RATE:
+        data, _ = read_audio(path, start=start, stop=stop)
+        return _to_mono(torch.from_numpy(data), mono)
+    g = math.gcd(sr, SAMPLE_RATE)
+    orig, new = sr // g, SAMPLE_RATE // g
+    width = math.ceil(RESAMPLE_FILTER_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))  # torchaudio's, in frames
+    first = max(0, start // new - math.ceil(width / orig))  # conv output step the block starts at
+    a = first * orig
+    b = min(info.frames, ((stop - 1) // new) * orig + orig + width + 1)
+    data, _ = read_audio(path, start=a, stop=b)
+    x = torchaudio.functional.resample(_to_mono(torch.from_numpy(data), mono), orig_freq=sr, new_freq=SAMPLE_RATE)
+    offset = first * new  # 16 kHz index of the block's first output
+    return x[start - offset:stop - offset]
+
+
+def _to_mono(x: torch.Tensor, mono: MonoMode) -> torch.Tensor:
+    """``(N, C)`` -> ``(N,)``: channel 0 or the channel mean."""
+    return x[:, 0] if mono == "first" else x.mean(dim=1)
 
 
 def prepare_waveform(
@@ -97,7 +176,7 @@ def prepare_waveform(
     if sample_rate <= 0:
         raise UnreadableAudioError(f"{name}: invalid sample rate {sample_rate}")
     channels = x
-    x = x[:, 0] if mono == "first" else x.mean(dim=1)
+    x = _to_mono(x, mono)
     if sample_rate != SAMPLE_RATE:
         x = torchaudio.functional.resample(x, orig_freq=sample_rate, new_freq=SAMPLE_RATE)
     if x.numel() < MIN_SAMPLES:

@@ -56,12 +56,15 @@ class DataConfig:
         demo_seconds: Length of each demo clip in seconds, > 0 (used when root is null).
         kind: Kind of every clip that neither manifest.csv nor a folder name marks; speech turns on the speech
             metrics (data/README.md); null = other.
+        files: A text file naming the clips to load, one path per line relative to root (e.g. the val.txt a
+            training run wrote next to its checkpoints); null = every audio file under root.
     """
 
     root: Optional[str] = None
     mono: Literal["first", "mean"] = "first"
     demo_seconds: float = 6.0
     kind: Optional[Literal["speech", "music", "sound", "other"]] = None
+    files: Optional[str] = None
 
     def __post_init__(self):
         checks.positive("data.demo_seconds", self.demo_seconds)
@@ -69,6 +72,10 @@ class DataConfig:
             from gdr.errors import AudioFileNotFoundError
 
             raise AudioFileNotFoundError(f"{self.root}: no such folder")
+        if self.files is not None and not Path(self.files).is_file():
+            from gdr.errors import AudioFileNotFoundError
+
+            raise AudioFileNotFoundError(f"data.files {self.files}: no such file list")
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from gdr import checks
 from gdr.audio import SAMPLE_RATE, MonoMode, load_audio, prepare_waveform
 from gdr.errors import AudioFileNotFoundError, ConfigError
+from gdr.file_lists import read_file_list
 
 MANIFEST = "manifest.csv"
 
@@ -85,6 +86,19 @@ def read_manifest(base: Path) -> dict[Path, str]:
     return kinds
 
 
+def read_captions(base: Path) -> dict[Path, str]:
+    """``{resolved audio path: caption}`` from the optional ``caption`` column of ``base/manifest.csv`` (training's
+    per-item text condition, ``item_condition: caption``); ``{}`` without a manifest or that column."""
+    manifest = base / MANIFEST
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "caption" not in (reader.fieldnames or ()):
+            return {}
+        return {(base / (row["path"] or "").strip()).resolve(): (row["caption"] or "").strip() for row in reader}
+
+
 def clip_kind(path: Path, base: Path, manifest: dict[Path, str], default: str | None = None) -> str:
     """The kind of the file `path` under `base`: manifest, else nearest folder named like a kind (up to and
     including `base`), else `default`, else ``other``."""
@@ -100,17 +114,31 @@ def clip_kind(path: Path, base: Path, manifest: dict[Path, str], default: str | 
     return _check_kind(default, "data.kind") if default is not None else "other"
 
 
-def load_folder(root: str | os.PathLike, *, mono: MonoMode = "first", kind: str | None = None) -> list[Clip]:
-    """Load and validate every audio file under `root`; the first bad file raises, naming it.
+def load_folder(root: str | os.PathLike | None, *, mono: MonoMode = "first", kind: str | None = None,
+                files: str | os.PathLike | None = None) -> list[Clip]:
+    """Load and validate every audio file under `root`, or exactly those a file list names; the first bad file
+    raises, naming it.
 
-    Each clip's `Clip.kind` comes from `clip_kind` (`kind` is the default for files nothing else marks)."""
-    root = Path(root)
-    files = list_audio_files(root)
-    base = root if root.is_dir() else root.parent
+    `files`: a list in `gdr.file_lists` format (e.g. a training run's ``val.txt``), relative paths resolved
+    against `root`; it is loaded in its own order. Each clip's `Clip.kind` comes from `clip_kind` (`kind` is
+    the default for files nothing else marks)."""
+    if files is not None:
+        paths = read_file_list(files, root)
+        base = Path(root) if root is not None else Path(files).parent
+    else:
+        root = Path(root)
+        paths = list_audio_files(root)
+        base = root if root.is_dir() else root.parent
+    return _load_files(paths, base, mono, kind)
+
+
+def _load_files(files: list[Path], base: Path, mono: MonoMode, kind: str | None) -> list[Clip]:
     manifest = read_manifest(base)
     clips = []
     for path in files:
-        name = path.relative_to(base).with_suffix("").as_posix().replace("/", "__")
+        # A listed file outside the root (an absolute line) is named by its own file name.
+        relative = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
+        name = relative.with_suffix("").as_posix().replace("/", "__")
         clips.append(Clip(name=name, waveform=load_audio(path, mono=mono), source=str(path),
                           kind=clip_kind(path, base, manifest, kind)))
     return clips

@@ -68,9 +68,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_clips(data) -> list[Clip]:
     """All clips of the run, validated before any model work (`DataConfig`)."""
-    if data.root is None:
+    if data.root is None and data.files is None:
         return demo_clips(data.demo_seconds)
-    return load_folder(data.root, mono=data.mono, kind=data.kind)
+    return load_folder(data.root, mono=data.mono, kind=data.kind, files=data.files)
 
 
 def load_model(model_cfg, device: torch.device | None = None, null_condition: str = "original") -> AudioLDM2:

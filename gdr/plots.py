@@ -105,7 +105,7 @@ def forest_plot(comps: list[Comparison], primaries: dict[str, str]) -> bytes | N
             ax.plot([c.mean], [i], "o", color=verdict_colour(c), markersize=7)
         ax.axvline(0, color="k", lw=0.8, ls="--")
         ax.set_yticks(range(len(chosen)))
-        ax.set_yticklabels([f"{c.method} vs {c.reference}" for c in chosen], fontsize=10)
+        ax.set_yticklabels([f"{c.method} vs {c.reference_label}" for c in chosen], fontsize=10)
         ax.tick_params(axis="x", labelsize=10)
         ax.invert_yaxis()
         ax.set_title(f"{task}: primary metric {metric}", fontsize=11)

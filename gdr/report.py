@@ -38,6 +38,7 @@ from gdr.metrics import PHASE_METRICS, SEED_METRICS
 from gdr.plots import Png
 from gdr.run_folder import RunFolder
 from gdr.stats import CORRECTIONS, Comparison, best_baseline, compare, correct, metric_value
+from gdr.sweep import LEARNED, split_strength
 
 PRIMARY = "lsd"
 SPECTRAL = ("logmel_l1", "lsd", "lsd_high", "mrstft")
@@ -47,6 +48,14 @@ WAVEFORM = PHASE_METRICS  # ("si_sdr", "snr"): the table's last metric columns
 NOT_MEANINGFUL = "—"
 # Above this much audio, report.html links the wavs instead of embedding them (it stays openable).
 EMBED_LIMIT = 64 * 2**20
+BEST_CONSTANT = "best constant strength"  # `Comparison.role` of a learned schedule's constant-strength reference
+LEARNED_NOTE = ("Each recipe with a learned schedule (guidance.schedule_path, labelled learned:<file>) is compared "
+                "with the best constant strength of the same guidance method on the same task in this sweep (the "
+                "recipes that differ from it only by a constant scale: same steps, parameters, sampler settings and "
+                "condition), best by the mean of each metric, as for the best baseline. Choosing the best constant "
+                "on the same clips favours the constant, so the comparison is conservative for the learned "
+                "schedule: this is the claim a learned schedule has to win. These comparisons are in the same "
+                "multiple-comparison family as all the others; verdicts below are on each task's primary metric.")
 NON_DIFFUSION = ("degraded", "vocoder_roundtrip", "vae_roundtrip", "spectral_subtraction", "lowband_replacement",
                  "ar_interpolation", "consistent_declip")
 
@@ -72,13 +81,27 @@ def present(rows: list[dict], names) -> list[str]:
     return [m for m in names if any(r.get(m, "") not in ("", None) for r in rows)]
 
 
+def constant_peers(rows: list[dict], task: str, method: str) -> list[str]:
+    """If `method` is a recipe with a learned schedule (label ``<guidance> learned:<file> ...``): the recipes of
+    `task` that differ from it only by a constant strength (``<guidance> s=<scale> ...`` with the same rest of the
+    label: steps, parameters, sampler settings, condition); else ``[]``."""
+    guidance = next((r.get("guidance", "") for r in rows if r["task"] == task and r["method"] == method), "")
+    learned = split_strength(method, guidance)
+    if learned is None or not learned[0].startswith(LEARNED):
+        return []
+    return [m for m in _methods(rows, task)
+            if (peer := split_strength(m, guidance)) is not None and peer[0].startswith("s=") and peer[1] == learned[1]]
+
+
 def comparisons(rows: list[dict], n_boot: int, confidence: float, correction: str = "none",
                 unchanged_tasks: frozenset[str] = frozenset()) -> list[Comparison]:
     """Every method against the VAE round trip and against the best non-diffusion baseline, per task and metric
     (gdr's spectral metrics, the speech metrics where clips are speech, and the seed's own metrics where the rows
-    carry them), with p-values adjusted together by `correction` (`gdr.stats.CORRECTIONS`): the whole list is
-    one family. On `unchanged_tasks` (the identity task) the "degraded" output is the clean input itself, so it is
-    no baseline to compare with."""
+    carry them), and every recipe with a learned schedule also against the best constant strength of its method
+    (`constant_peers`, best mean per metric as for the best baseline; role `BEST_CONSTANT`), with p-values
+    adjusted together by `correction` (`gdr.stats.CORRECTIONS`): the whole list is one family. On
+    `unchanged_tasks` (the identity task) the "degraded" output is the clean input itself, so it is no baseline
+    to compare with."""
     out = []
     metrics = [*SPECTRAL, *present(rows, SPEECH_METRICS), *(m for m in SEED_METRICS if rows and m in rows[0])]
     for task in _ordered(r["task"] for r in rows):
@@ -90,11 +113,13 @@ def comparisons(rows: list[dict], n_boot: int, confidence: float, correction: st
             candidates = [b for b in NON_DIFFUSION if not (task in unchanged_tasks and b == "degraded")]
             best = best_baseline(rows, task, metric, [*candidates, *no_prior])
             for method in methods:
-                for reference in _ordered([REFERENCE, best]):
+                constant = best_baseline(rows, task, metric, constant_peers(rows, task, method))
+                for reference in _ordered([REFERENCE, best, constant]):
                     if reference is None or reference == method:
                         continue
                     c = compare(rows, task, metric, method, reference, n_boot=n_boot, confidence=confidence)
                     if c is not None:
+                        c.role = BEST_CONSTANT if reference == constant else ""
                         out.append(c)
     return correct(out, correction)
 
@@ -227,6 +252,15 @@ def verdict_lines(comps: list[Comparison], random_weights: bool,
     return lines
 
 
+def learned_verdicts(comps: list[Comparison], primaries: dict[str, str]) -> list[TaskVerdicts]:
+    """Per task with a learned schedule, the verdicts of its comparisons with the best constant strength on the
+    task's primary metric (`primaries`: task -> metric); tasks without one are left out."""
+    out = [TaskVerdicts(task, metric, [c.verdict() for c in comps
+                                       if c.task == task and c.metric == metric and c.role == BEST_CONSTANT])
+           for task, metric in primaries.items()]
+    return [v for v in out if v.lines]
+
+
 def task_degradations(plan, rows: list[dict]) -> dict[str, str]:
     """``{task label: degradation name}`` for the tasks of `rows`, in first-appearance order."""
     from gdr.sweep import task_label
@@ -305,6 +339,8 @@ class Report:
     correction: str = "none"
     statistics: str = ""  # how verdicts are reached (`statistics_note`)
     verdicts: list[TaskVerdicts] = field(default_factory=list)
+    learned: list[TaskVerdicts] = field(default_factory=list)  # learned schedules vs the best constant strength
+    learned_note: str = LEARNED_NOTE
     fad_note: str = ""
     fads: list[dict] = field(default_factory=list)  # `gdr.fad.fad_per_method`'s rows
     comparisons: list[Comparison] = field(default_factory=list)
@@ -359,6 +395,7 @@ def report_data(folder: RunFolder, rows: list[dict], plan, objects, cfg_yaml: st
         forest=figure("forest_plot.png", plots.forest_plot(comps, primaries)),
         correction=cfg.correction, statistics=statistics_note(comps, primaries, cfg),
         verdicts=[TaskVerdicts(task, primaries.get(task, PRIMARY), lines) for task, lines in verdicts.items()],
+        learned=learned_verdicts(comps, primaries),
         fad_note=fad_note, fads=fads, comparisons=comps,
         means=Table(header(rows), summary_table(rows)), seeds=Table(SEED_HEADER, seed_table(rows)),
         seed_verdicts=[c.verdict() for c in comps if c.metric in SEED_METRICS and c.reference == REFERENCE],

@@ -53,6 +53,12 @@ class Comparison:
     alpha: float = 0.05  # 1 - confidence
     se: float = 0.0  # standard error of the mean per-clip improvement
     level: float | None = None  # confidence level of the adjusted interval (`correct` sets it; None: 1 - alpha)
+    role: str = ""  # why this reference, where it is no fixed one (e.g. "best constant strength"); shown beside it
+
+    @property
+    def reference_label(self) -> str:
+        """The reference as the report names it: its label, and its role in brackets if it has one."""
+        return f"{self.reference} [{self.role}]" if self.role else self.reference
 
     @property
     def p_used(self) -> float:
@@ -84,11 +90,11 @@ class Comparison:
         over = f"over {self.clips} clips x {self.seeds} seeds ({level})"
         p = f"{'' if self.correction == 'none' else self.correction + '-adjusted '}p = {self.p_used:.2g}"
         if self.significant:
-            winner, loser = (self.method, self.reference) if self.mean > 0 else (self.reference, self.method)
+            winner, loser = (self.method, self.reference_label) if self.mean > 0 else (self.reference_label, self.method)
             low, high = sorted((abs(low), abs(high)))
             return (f"{winner} beats {loser} on {self.metric} by {abs(self.mean):.3g} [{low:.3g}, {high:.3g}] "
                     f"{over}, {p}")
-        return (f"no significant difference between {self.method} and {self.reference} on {self.metric} "
+        return (f"no significant difference between {self.method} and {self.reference_label} on {self.metric} "
                 f"(improvement {self.mean:.3g} [{low:.3g}, {high:.3g}] {over}, {p})")
 
 
@@ -190,8 +196,13 @@ def _values(rows: list[dict], task: str, method: str, metric: str) -> list[tuple
 
 
 def paired_improvement(rows: list[dict], task: str, metric: str, method: str, reference: str) -> dict[str, list]:
-    """Per clip: the improvements of `method` (one per seed) over `reference` on `metric`."""
-    ref = {r["clip"]: v for r, v in _values(rows, task, reference, metric)}
+    """Per clip: the improvements of `method` (one per seed) over `reference` on `metric`. The reference's value
+    of a clip is the mean over its rows: one for a deterministic baseline, one per seed for a seeded recipe (the
+    best constant strength of a learned schedule), so no seed of the reference is silently dropped."""
+    by_clip: dict[str, list] = {}
+    for r, v in _values(rows, task, reference, metric):
+        by_clip.setdefault(r["clip"], []).append(v)
+    ref = {clip: float(np.mean(v)) for clip, v in by_clip.items()}
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     out: dict[str, list] = {}
     for r, v in _values(rows, task, method, metric):
@@ -218,7 +229,8 @@ def compare(rows: list[dict], task: str, metric: str, method: str, reference: st
 
 def best_baseline(rows: list[dict], task: str, metric: str, candidates: list[str]) -> str | None:
     """The candidate with the best mean `metric` on `task` (rows that are not phase-coherent are skipped
-    for waveform metrics, `metric_value`)."""
+    for waveform metrics, `metric_value`); also picks the best constant strength for a learned schedule
+    (`gdr.report.comparisons`)."""
     scores = {}
     for name in candidates:
         values = [v for _, v in _values(rows, task, name, metric)]

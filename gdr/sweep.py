@@ -83,7 +83,7 @@ def recipe_label(recipe: dict) -> str:
     if g.get("schedule_path"):
         path = Path(g["schedule_path"]).resolve()
         # scripts/train.py always writes schedule.safetensors: its folder is what names it
-        label = f"{g['name']} learned:{path.parent.name if path.stem == 'schedule' else path.stem}"
+        label = f"{g['name']} {LEARNED}{path.parent.name if path.stem == 'schedule' else path.stem}"
     elif g.get("schedule", "constant") != "constant":
         label += f" {g['schedule']}"
     if g.get("params"):
@@ -107,6 +107,21 @@ def _uses_unet(method: str) -> bool:
 
 
 DEFAULT_CONDITION = "null:original"
+LEARNED = "learned:"  # a learned schedule's strength in a label: ``learned:<schedule file stem, or its folder for schedule.safetensors>``
+
+
+def split_strength(label: str, guidance: str) -> tuple[str, str] | None:
+    """A `recipe_label` of guidance method `guidance` split at its strength: ``("s=0.5", " cosine 20st")`` or
+    ``("learned:dps_bwe", " 20st")``; the rest is everything else (schedule shape, parameters, steps, sampler
+    settings, condition). None for a name that is not such a label (a baseline). A schedule file whose stem has
+    a space is not recognised as learned (its stem runs into the rest)."""
+    prefix = f"{guidance} "
+    if not label.startswith(prefix):
+        return None
+    token, space, rest = label[len(prefix):].partition(" ")
+    if not token.startswith(("s=", LEARNED)):
+        return None
+    return token, space + rest
 
 
 def condition_label(recipe: dict) -> str:

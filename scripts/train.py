@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                      parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "epilog": EPILOG,
                                     "fit": {"exit_on_error": False, "description": DESCRIPTION, "epilog": EPILOG}},
                      seed_everything_default=0,
-                     trainer_defaults={"use_distributed_sampler": False, "inference_mode": False})
+                     trainer_defaults={"use_distributed_sampler": True, "inference_mode": False})
     except SIGTERMException:
         saved = f"checkpoint {on_stop.path}" if on_stop.path else "no checkpoint (no ModelCheckpoint callback)"
         signum = stop.signum or signal.SIGTERM

@@ -56,6 +56,9 @@ FAD_FORMULA = "tests/test_fad.py::test_frechet_distance_equals_the_textbook_form
 SCHEDULES = "tests/test_schedules.py"
 LORA = "tests/test_training.py::test_a_fresh_lora_changes_nothing_trains_only_itself_and_reloads_with_its_alpha"
 TRAINING = "tests/test_training.py::"
+DATA = "tests/test_datamodule.py::"
+LEARNED_VS_CONSTANT = ("tests/test_learned_vs_constant.py::"
+                       "test_a_learned_schedule_is_compared_with_the_best_constant_strength_of_its_own_setting")
 CONFIG = "tests/test_evaluate_script.py::test_config_sections_refuse_values_just_outside_their_ranges"
 KINDS = ("tests/test_speech_metrics.py::test_clip_kind_from_manifest_then_folder_then_default",
          "tests/test_speech_metrics.py::test_folders_above_the_data_folder_do_not_mark_its_clips")
@@ -341,15 +344,18 @@ MUTATIONS = [
     M("knots_reversed", "gdr/schedules.py", "pos = min(max(float(level), 0.0), 1.0) * (k - 1)",
       "pos = (1 - min(max(float(level), 0.0), 1.0)) * (k - 1)", (SCHEDULES,),
       "knots read from the noisy end: a knots schedule runs backwards"),
-    M("items_ignore_epoch", "gdr/datamodule.py", 'seed_for("item", self.seed, epoch, i)', 'seed_for("item", self.seed, i)',
-      (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",), "every epoch sees the same crops and noise"),
-    M("sampler_not_sharded", "gdr/datamodule.py",
-      "return iter(range(self.epoch * self.n + rank, (self.epoch + 1) * self.n, world))",
-      "return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))", (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",),
-      "every rank trains on the whole epoch"),
-    M("split_leaks_validation", "gdr/datamodule.py", "self.train_clips = [clips[i] for i in sorted(order[n_val:])]",
-      "self.train_clips = [clips[i] for i in sorted(order[n_val - 1:])]", (TRAINING + "test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index",),
-      "a validation file is also trained on"),
+    M("items_ignore_epoch", "gdr/datamodule.py", 'seed_for("item", self.seed, epoch, position)',
+      'seed_for("item", self.seed, position)', (DATA + "test_short_epochs_draw_without_replacement_and_continue_where_the_last_stopped",),
+      "every epoch's items get the same keys, crops and noise"),
+    M("draws_ignore_pass", "gdr/datamodule.py", "k, offset = divmod(draw, n)", "k, offset = 0, draw % n",
+      (DATA + "test_short_epochs_draw_without_replacement_and_continue_where_the_last_stopped",),
+      "every pass over the files in the same order"),
+    M("resample_block_too_short", "gdr/audio.py", "first = max(0, start // new - math.ceil(width / orig))",
+      "first = max(0, start // new)", (DATA + "test_lazy_crops_equal_the_slice_of_the_whole_decoded_resampled_file",),
+      "a lazy crop misses the resampling filter's left margin"),
+    M("split_leaks_validation", "gdr/datamodule.py", "in_val = [(str(Path(name).parent) if split_by == \"folder\" else name)",
+      "in_val = [(name)", (DATA + "test_split_by_folder_keeps_every_folder_on_one_side",),
+      "split_by folder splits files, not folders"),
     # ---- config ranges (gdr/config.py)
     M("overlap_up_to_whole_chunk", "gdr/config.py", "if not 0 <= self.overlap_seconds <= self.seconds / 2:",
       "if not 0 <= self.overlap_seconds <= self.seconds:", (CONFIG,), "chunk overlap allowed up to a whole chunk"),
@@ -374,6 +380,16 @@ MUTATIONS = [
     M("kind_above_data_folder", "gdr/data.py", "if folder == base or folder == folder.parent:",
       "if folder == folder.parent:", KINDS, "folders above the data folder mark its clips"),
     # ---- report, listening, plots (gdr/report.py, gdr/listening.py, gdr/plots.py, gdr/templates/)
+    M("learned_vs_first_constant", "gdr/report.py",
+      "constant = best_baseline(rows, task, metric, constant_peers(rows, task, method))",
+      "constant = (constant_peers(rows, task, method) or [None])[0]", (LEARNED_VS_CONSTANT,),
+      "a learned schedule compared with the first constant strength, not the best"),
+    M("learned_vs_any_steps", "gdr/report.py", "and peer[0].startswith(\"s=\") and peer[1] == learned[1]]",
+      "and peer[0].startswith(\"s=\")]", (LEARNED_VS_CONSTANT,),
+      "the best constant may come from another step count or setting"),
+    M("seeded_reference_last_seed", "gdr/stats.py", "by_clip.setdefault(r[\"clip\"], []).append(v)",
+      "by_clip[r[\"clip\"]] = [v]", (LEARNED_VS_CONSTANT,),
+      "a seeded reference is paired by its last seed only"),
     M("report_autoescape_off", "gdr/report.py",
       'autoescape=select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=("md.j2",)),',
       "autoescape=False,", ("tests/test_report.py::test_clip_names_are_text_in_the_html_and_as_written_in_the_markdown",),

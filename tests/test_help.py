@@ -69,7 +69,7 @@ def test_train_help_names_the_learners_and_configs_and_describes_gdrs_options():
     for needle in ("ScheduleLearner", "LoraAdapterLearner", "configs/train/schedule_smoke.yaml", "--ckpt_path last"):
         assert needle in " ".join(page.split()), needle
     ours = {k: v for k, v in option_help(page).items() if k.startswith("--data.")}
-    assert len(ours) == 10 and [k for k, v in ours.items() if not description(v) or "`" in v] == []
+    assert len(ours) == 11 and [k for k, v in ours.items() if not description(v) or "`" in v] == []  # with split_by
     learner = option_help(_train_help("fit", "--model.help", "ScheduleLearner"))
     ours = {k: v for k, v in learner.items() if k.startswith("--model.")}
     assert len(ours) >= 12 and [k for k, v in ours.items() if not description(v) or "`" in v] == []

@@ -44,31 +44,6 @@ def test_learned_schedule_starts_at_its_initial_strength():
         torch.testing.assert_close(values, torch.full((4,), init), rtol=1e-6, atol=0)
 
 
-def test_the_split_is_by_file_and_items_are_pure_functions_of_seed_epoch_and_index():
-    data = _data(synthetic_count=8, val_fraction=0.25)
-    train, val = {c.name for c in data.train_clips}, {c.name for c in data.val_clips}
-    assert len(val) == 2 and len(train) == 6 and not train & val
-    loader = data.train_dataloader()
-
-    def epoch(e):
-        loader.sampler.set_epoch(e)
-        return [(b["x"], b["y"]) for b in loader]
-
-    first, again, second = epoch(0), epoch(0), epoch(1)
-    for (x0, y0), (x1, y1), (x2, _) in zip(first, again, second):
-        assert torch.equal(x0, x1) and torch.equal(y0, y1)  # a resumed epoch sees the same batches
-        assert not torch.equal(x0, x2)  # another epoch: other crops
-    # Ranks take disjoint shares that together are the whole epoch.
-    sampler = loader.sampler
-    shares = []
-    for rank in range(3):
-        sampler._shard = lambda rank=rank: (rank, 3)
-        shares.append(list(sampler))
-        assert len(shares[-1]) == len(sampler)
-    assert sorted(i for share in shares for i in share) == list(range(sampler.epoch * sampler.n,
-                                                                      (sampler.epoch + 1) * sampler.n))
-
-
 def test_ema_is_the_decayed_average_of_the_trained_parameters(tmp_path, cache_dir, tiny_dir):
     learner = _schedule(tmp_path, cache_dir, ema_decay=0.9)
     learner.setup("fit")
@@ -552,3 +527,24 @@ def test_audio_examples_go_to_every_logger_that_takes_audio(tmp_path, monkeypatc
     AudioExamples(max_items=2).on_validation_batch_end(trainer, None, {"x_hat": torch.zeros(3, 160)}, batch, 0)
     assert sorted(logged) == sorted((index, f"val_audio/{kind}", 2, 7, [16000, 16000])
                                     for index in (1, 2) for kind in ("clean", "degraded", "reconstruction"))
+
+
+def test_a_manifest_caption_column_reaches_the_batch(tmp_path):
+    import soundfile as sf
+
+    root = tmp_path / "data"
+    root.mkdir()
+    t = torch.arange(16000) / 16000
+    for k, name in enumerate(("a.wav", "b.wav", "c.wav")):
+        sf.write(root / name, (0.3 * torch.sin(2 * torch.pi * (200 + 100 * k) * t)).numpy(), 16000)
+    (root / "manifest.csv").write_text("path,kind,caption\na.wav,sound,a low hum\nb.wav,sound,a mid tone\n"
+                                       "c.wav,sound,\n")
+    data = _data(root=str(root), val_fraction=0.3, batch_size=1, degradation={"name": "identity"})
+    names = data.train_files.names
+    captions = {"a.wav": "a low hum", "b.wav": "a mid tone", "c.wav": ""}
+    seen = {}
+    for batch in data.train_dataloader():
+        (caption,) = batch["caption"]
+        seen.setdefault(caption, 0)
+        seen[caption] += 1
+    assert sorted(seen) == sorted(captions[n] for n in names)
