@@ -375,8 +375,8 @@ MUTATIONS = [
     M("declip_unbounded", "gdr/baselines.py", "np.clip(np.abs(guess), level, 2 * level)",
       "np.maximum(np.abs(guess), level)", ("tests/test_baselines.py",), "declipping spline not capped at 2 x level"),
     # ---- clips (gdr/data.py)
-    M("clip_name_stem", "gdr/data.py", 'name = path.relative_to(base).with_suffix("").as_posix().replace("/", "__")',
-      "name = path.stem", KINDS, "clip names drop their folders (same-named files collide)"),
+    M("clip_name_stem", "gdr/data.py", 'name = relative.with_suffix("").as_posix().replace("/", "__")',
+      "name = relative.stem", KINDS, "clip names drop their folders (same-named files collide)"),
     M("kind_above_data_folder", "gdr/data.py", "if folder == base or folder == folder.parent:",
       "if folder == folder.parent:", KINDS, "folders above the data folder mark its clips"),
     # ---- report, listening, plots (gdr/report.py, gdr/listening.py, gdr/plots.py, gdr/templates/)
