@@ -29,9 +29,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; results should be readable like any other
     try:
         yield tmp_path
+        # mkstemp makes 0600 files, and some writers (safetensors) replace the file we made with their own 0600
+        # one: set the mode the final file should have, readable like any other, after writing.
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -166,9 +166,10 @@ def plan_evaluation(objects) -> Plan:
                 raise
             skipped.append(f"{recipe_label(recipe)} on {task_label(recipe['degradation'])}: {exc}")
             continue
-        recipe["context"] = context
+        # A method that never calls the UNet is not changed by a LoRA: its label does not name one.
+        recipe["context"] = context if guidance.uses_prior else {**context, "lora_name": None}
         if recipe["guidance"].get("schedule_path"):
-            recipe["context"] = {**context, "schedule": file_hash(Path(recipe["guidance"]["schedule_path"]))}
+            recipe["context"] = {**recipe["context"], "schedule": file_hash(Path(recipe["guidance"]["schedule_path"]))}
             for message in schedule_warnings(schedule, recipe["guidance"]["schedule_path"], recipe["degradation"],
                                              s["steps"]):
                 warnings.warn(message, GdrWarning, stacklevel=2)
@@ -202,8 +203,9 @@ def plan_evaluation(objects) -> Plan:
                 reference = copy.deepcopy(task_recipe)
                 reference["guidance"] = {"name": method, "scale": 1.0, "schedule": "constant",
                                          "start_scale": None, "params": {}, "schedule_path": None}
-                if not GUIDANCE[method].uses_prior:
-                    reference["condition"] = dataclasses.asdict(ConditionSpec())  # it never calls the UNet
+                if not GUIDANCE[method].uses_prior:  # it never calls the UNet
+                    reference["condition"] = dataclasses.asdict(ConditionSpec())
+                    reference["context"] = {**reference["context"], "lora_name": None}
                 for seed in seeds_of(method):
                     items.append(Item("method", name, hashes[name], task, recipe_label(reference), reference,
                                       seed=seed))

@@ -93,17 +93,11 @@ def recipe_label(recipe: dict) -> str:
     for key, default, text in (("domain", "mel", "{}"), ("scheduler", "ddim", "{}"), ("eta", 0.0, "eta={:g}")):
         if s.get(key, default) != default:
             label += " " + text.format(s[key])
-    lora = recipe.get("context", {}).get("lora_name")
-    if lora and _uses_unet(g["name"]):
+    lora = recipe.get("context", {}).get("lora_name")  # set by evaluate for the methods that run the UNet
+    if lora:
         label += f" lora:{lora}"
     condition = condition_label(recipe)
     return label if condition == DEFAULT_CONDITION else f"{label} {condition}"
-
-
-def _uses_unet(method: str) -> bool:
-    from gdr.methods import GUIDANCE
-
-    return method not in GUIDANCE or GUIDANCE[method].uses_prior
 
 
 DEFAULT_CONDITION = "null:original"

@@ -367,8 +367,8 @@ class ScheduleLearner(_Learner):
 
     Args:
 {_LEARNER_ARGS}        init_scale: Initial strength at every step, a finite number > 0.
-        parametrisation: steps (one strength per sampling step) or knots (strengths at `knots` points over the
-            noise level, interpolated: defined at any step count).
+        parametrisation: Either steps (one strength per sampling step) or knots (strengths at K points over the
+            noise level, interpolated, so defined at any step count).
         knots: Number of knots for parametrisation knots, an integer >= 2.
     """
 

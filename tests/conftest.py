@@ -4,9 +4,14 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One intra-op thread per process, set before torch starts its pools: the tiny models are dominated by
+# per-op overhead, and the multi-process tests (DDP, torchrun, scripts in subprocesses, which inherit this)
+# would otherwise run 2 x N threads on the 2 CI cores (measured: 10-30x slower under that contention).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
