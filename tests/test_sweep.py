@@ -92,6 +92,7 @@ class _Audio(HTMLParser):
             self.players += 1
 
 
+@pytest.mark.slow  # 70 s: runs in .ci/run after README's command (keeps that under 12 minutes)
 def test_smoke_sweep_end_to_end(tmp_path, tiny_dir):
     out = tmp_path / "out"
     # One seed: the seed-level statistics are tested in test_stats.py; this test is about the whole grid.
