@@ -87,18 +87,23 @@ class Cosine(_Ramp):
         return 0.5 * (1 - math.cos(math.pi * frac))
 
 
+def strengths(kind: str, values: list[float] | torch.Tensor) -> torch.Tensor:
+    """`values` as a float32 ``(K,)`` tensor of strengths, K >= 1, each finite and >= 0 (else `ConfigError`)."""
+    values = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if values.numel() == 0:
+        raise ConfigError(f"schedule '{kind}' needs at least one value")
+    for value in values.tolist():
+        checks.number(f"schedule {kind}: strength", value, low=0)
+    return values
+
+
 @SCHEDULES.register("table")
 class Table(Schedule):
     """Explicit per-step values (``values``), linearly interpolated when ``n`` differs from their count."""
 
     def __init__(self, values: list[float] | torch.Tensor):
         super().__init__()
-        values = torch.as_tensor(values, dtype=torch.float32).flatten()
-        if values.numel() == 0:
-            raise ConfigError("schedule 'table' needs at least one value")
-        for value in values.tolist():
-            checks.number("schedule table: strength", value, low=0)
-        self.register_buffer("table", values)
+        self.register_buffer("table", strengths("table", values))
 
     def forward(self, i: int, n: int, level: float | None = None) -> float:
         if self.table.numel() == 1 or n == 1:
@@ -130,12 +135,7 @@ class Knots(Schedule):
 
     def __init__(self, values: list[float] | torch.Tensor):
         super().__init__()
-        values = torch.as_tensor(values, dtype=torch.float32).flatten()
-        if values.numel() == 0:
-            raise ConfigError("schedule 'knots' needs at least one value")
-        for value in values.tolist():
-            checks.number("schedule knots: strength", value, low=0)
-        self.register_buffer("knots", values)
+        self.register_buffer("knots", strengths("knots", values))
 
     def forward(self, i: int, n: int, level: float | None = None) -> float:
         if level is None:

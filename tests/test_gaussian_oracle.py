@@ -90,14 +90,19 @@ SEED = 7
 RTOL, ATOL = 1e-6, 1e-6  # observed: <= 1.2e-7 of max|z| (float32 sqrt(a_bar) in diffusers)
 
 
+def full_prior(rng: np.random.Generator, d: int = D) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu (d,), S (d, d))``: a random SPD covariance (eigenvalues 0.04 ... 4, random eigenvectors), a random mean."""
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    cov = (q * np.geomspace(0.04, 4.0, d)) @ q.T
+    cov = (cov + cov.T) / 2
+    return 0.5 * rng.standard_normal(d), cov
+
+
 @pytest.fixture(scope="module")
 def gauss():
     """Prior ``N(mu, S)`` with a full ``S``; a target ``y = x + 0.1 n`` per item; masks per item."""
     rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    cov = (q * np.geomspace(0.04, 4.0, D)) @ q.T
-    cov = (cov + cov.T) / 2
-    mu = 0.5 * rng.standard_normal(D)
+    mu, cov = full_prior(rng)
     x = mu + rng.standard_normal((NB, D)) @ np.linalg.cholesky(cov).T
     y = x + 0.1 * rng.standard_normal((NB, D))
     binary = np.stack([rng.permutation(np.r_[np.ones(D // 2), np.zeros(D - D // 2)]) for _ in range(NB)])

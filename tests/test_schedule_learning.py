@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from test_gaussian_oracle import _scheduler, exact_full_eps_model
+from test_gaussian_oracle import _scheduler, exact_full_eps_model, full_prior
 
 from gdr.measurement import LatentMeasurement
 from gdr.methods import build_guidance
@@ -88,11 +88,7 @@ class Draws:
 @functools.cache
 def _oracle():
     """``(mu (D,), S (D, D), lowpass mask (D,))``: the prior and the kept bins (F < 2)."""
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    cov = (q * np.geomspace(0.04, 4.0, D)) @ q.T
-    cov = (cov + cov.T) / 2
-    mu = 0.5 * rng.standard_normal(D)
+    mu, cov = full_prior(np.random.default_rng(0), D)
     mask = np.zeros(ITEM)
     mask[..., :2] = 1.0
     return mu, cov, mask.reshape(-1)
